@@ -1,0 +1,176 @@
+"""Checkpoint format and I/O without Ray or DeepSpeed (training writes it; serve/eval read it).
+
+A checkpoint directory holds:
+  weights.pt        plain state dicts {generator, generator_ema, discriminator}: tensors only, so
+                    `torch.load(weights_only=True)` reads it (serving never unpickles code)
+  deepspeed/        both engines' DeepSpeed checkpoints (optimizer states, ZeRO partitions)
+  rank-<r>.pt       per-rank RNG states and data position
+  ganforge.json     written last: step, images_seen, the resolved config, and the sha256 of every
+                    other file. A checkpoint without it, or whose files do not match it, is
+                    incomplete or corrupt and is skipped with a warning.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ganforge.config import GanforgeConfig
+
+MARKER = "ganforge.json"
+WEIGHTS = "weights.pt"
+FORMAT = "ganforge-checkpoint/1"
+log = logging.getLogger("ganforge.checkpoint")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, incomplete, corrupt or does not match its config."""
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def hash_tree(root: Path) -> dict[str, str]:
+    """sha256 of every file below `root` (relative posix paths), the marker excluded."""
+    return {
+        p.relative_to(root).as_posix(): sha256_file(p)
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and p.name != MARKER
+    }
+
+
+def write_marker(root: Path, files: dict[str, str], meta: dict[str, Any]) -> None:
+    """Write ganforge.json atomically (temp file + rename): its presence means complete."""
+    body = {"format": FORMAT, **meta, "files": files}
+    tmp = root / (MARKER + ".tmp")
+    tmp.write_text(json.dumps(body, indent=1, sort_keys=True))
+    os.replace(tmp, root / MARKER)
+
+
+def read_marker(root: Path) -> dict[str, Any]:
+    path = Path(root) / MARKER
+    if not path.is_file():
+        raise CheckpointError(f"{root}: no {MARKER}; the checkpoint is incomplete or not ganforge's")
+    try:
+        meta = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path}: not valid JSON ({e})") from None
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: unknown format {meta.get('format')!r}, expected {FORMAT}")
+    return meta
+
+
+def verify(root: Path, deep: bool = True) -> dict[str, Any]:
+    """Return the marker if every listed file exists (and, if deep, has its sha256); else raise."""
+    root = Path(root)
+    meta = read_marker(root)
+    for rel, digest in meta["files"].items():
+        p = root / rel
+        if not p.is_file():
+            raise CheckpointError(f"{root}: missing file {rel} (partial checkpoint)")
+        if deep and sha256_file(p) != digest:
+            raise CheckpointError(f"{root}: {rel} does not match its sha256 (corrupt checkpoint)")
+    return meta
+
+
+def list_checkpoints(ckpt_root: Path) -> list[tuple[int, Path]]:
+    """Checkpoint dirs below `ckpt_root` that carry a marker, newest step first (no hashing)."""
+    found = []
+    for d in Path(ckpt_root).glob("*/"):
+        try:
+            found.append((int(read_marker(d)["step"]), d))
+        except (CheckpointError, KeyError, ValueError):
+            continue
+    return sorted(found, key=lambda t: (t[0], t[1].name), reverse=True)
+
+
+def latest_valid(ckpt_root: Path, candidates: list[Path] | None = None) -> Path | None:
+    """The newest checkpoint that verifies; corrupt or partial ones are skipped with a warning."""
+    ordered = [p for p in (candidates or []) if p is not None]
+    ordered += [d for _, d in list_checkpoints(ckpt_root) if d not in ordered]
+    for d in ordered:
+        try:
+            verify(d)
+            return d
+        except CheckpointError as e:
+            log.warning("skipping checkpoint: %s", e)
+    return None
+
+
+def checkpoint_root(run_dir: Path) -> Path:
+    return Path(run_dir) / "checkpoints"
+
+
+@dataclass
+class LoadedModel:
+    """A trained generator (EMA weights) and its critic, ready for inference on CPU."""
+
+    config: GanforgeConfig
+    meta: dict[str, Any]
+    generator: torch.nn.Module
+    discriminator: torch.nn.Module
+    path: Path
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.meta.get("classes") or [])
+
+    @property
+    def conditional(self) -> bool:
+        return getattr(self.generator, "num_classes", 0) > 0
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """Accept a run dir, a checkpoints/ dir, a checkpoint dir or its weights.pt file."""
+    p = Path(path)
+    if not p.exists():
+        raise CheckpointError(f"{p}: no such file or directory")
+    if p.is_file():
+        p = p.parent
+    if (p / MARKER).is_file():
+        return p
+    for root in (checkpoint_root(p), p):
+        if root.is_dir():
+            best = latest_valid(root)
+            if best is not None:
+                return best
+    raise CheckpointError(f"{path}: no valid ganforge checkpoint found (looked in {p})")
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
+    """Load the EMA generator and discriminator of a checkpoint, validated against its config.
+
+    Uses `torch.load(weights_only=True)`; a corrupt file or a state dict that does not match the
+    architecture in the checkpoint's own config raises `CheckpointError` with the reason.
+    """
+    from ganforge.models import build_discriminator, build_generator
+
+    root = resolve_checkpoint(path)
+    meta = verify(root)
+    cfg = GanforgeConfig.model_validate(meta["config"])
+    cfg.model.kernels = "auto"
+    try:
+        state = torch.load(root / WEIGHTS, map_location=device, weights_only=True)
+    except Exception as e:  # torch raises several types for truncated/garbled files
+        raise CheckpointError(f"{root / WEIGHTS}: cannot be read ({e})") from None
+    g, d = build_generator(cfg.model), build_discriminator(cfg.model)
+    for name, module, key in (("generator", g, "generator_ema"), ("discriminator", d, "discriminator")):
+        try:
+            module.load_state_dict(state[key])
+        except (KeyError, RuntimeError) as e:
+            raise CheckpointError(f"{root}: {name} weights do not match the config ({e})") from None
+    g.to(device).eval()
+    d.to(device).eval()
+    return LoadedModel(cfg, meta, g, d, root)

@@ -1,0 +1,249 @@
+"""Typed configuration for ganforge: one tree, one docstring per field.
+
+Precedence is CLI > YAML file > defaults. Each builder receives only its own section
+(`ModelConfig` for models, `DataConfig` for the loader, ...). Unknown keys and wrong types fail
+with a message that names the offending key and the file it came from.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+Precision = Literal["fp32", "bf16", "fp16"]
+KernelBackend = Literal["auto", "torch", "triton"]
+
+
+class ConfigError(ValueError):
+    """A configuration problem the user can fix; the message says what and where."""
+
+
+class _Section(BaseModel):
+    # extra="forbid" turns a typo in a YAML key into an error instead of a silent default.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, use_attribute_docstrings=True)
+
+
+class DataConfig(_Section):
+    urls: str | None = None
+    """Shard URLs: a local path or brace pattern (`data/train-{000000..000009}.tar`), a directory
+    holding `dataset.json`, `http(s)://...`, `file://...` or `pipe:CMD` (e.g. `pipe:aws s3 cp
+    s3://bucket/x.tar -`). Several patterns may be joined with `::`. None = the embedded demo."""
+    split: str = "train"
+    """Which split of `dataset.json` to read when `urls` is a directory."""
+    shuffle_buffer: int = Field(2000, ge=0)
+    """Samples held in the shuffle buffer of each loader worker (0 disables shuffling)."""
+    resample: bool = True
+    """Draw shards with replacement (infinite stream): every rank gets the same number of batches,
+    so no rank hangs in a collective at epoch end. False = one pass over each rank's disjoint slice."""
+    num_workers: int = Field(1, ge=0)
+    """DataLoader worker processes per training worker (decode + augment)."""
+    hflip: bool = True
+    """Random horizontal flip augmentation."""
+    on_error: Literal["skip", "raise"] = "skip"
+    """What to do with a sample that fails to decode: count and skip it, or stop."""
+
+
+class ModelConfig(_Section):
+    variant: str = "dcgan"
+    """Registered GAN variant: dcgan, cdcgan, wgan, wgan-gp, cwgan-gp (see `ganforge.models`)."""
+    resolution: Literal[32, 64] = 32
+    """Output image size (square). The number of up/down-sampling blocks follows from it."""
+    channels: Literal[1, 3] = 3
+    """Image channels; must match the dataset manifest."""
+    num_classes: int = Field(0, ge=0)
+    """Classes for conditional variants; 0 = take it from the dataset manifest."""
+    z_dim: int = Field(128, ge=1)
+    """Latent dimension of the generator input."""
+    width: int = Field(64, ge=4)
+    """Base channel width (the width multiplier): the widest layer has width * 2**(blocks-1)."""
+    embed_dim: int = Field(64, ge=1)
+    """Size of the label embedding concatenated to z in conditional generators."""
+    ema_decay: float = Field(0.999, ge=0.0, lt=1.0)
+    """Decay of the generator EMA used for sampling and serving (0 = copy the live weights)."""
+    kernels: KernelBackend = "auto"
+    """Transposed-conv and gradient-penalty kernels: triton, torch reference, or auto (Triton on CUDA)."""
+
+
+class OptimizerConfig(_Section):
+    name: Literal["adam", "rmsprop"] = "adam"
+    """Optimizer (DeepSpeed's own config entry is derived from this)."""
+    lr: float = Field(2e-4, gt=0)
+    """Learning rate per rank at the reference global batch (see `TrainConfig.lr_scaling`)."""
+    betas: tuple[float, float] = (0.5, 0.999)
+    """Adam betas (ignored by RMSprop)."""
+    weight_decay: float = Field(0.0, ge=0)
+    """L2 weight decay."""
+
+
+class LossConfig(_Section):
+    kind: Literal["bce", "wasserstein"] = "bce"
+    """bce = non-saturating BCE-with-logits (DCGAN); wasserstein = critic scores (WGAN family)."""
+    n_critic: int = Field(1, ge=1)
+    """Discriminator/critic steps per generator step."""
+    clip_value: float | None = None
+    """Weight clipping of the critic after each step (original WGAN: 0.01)."""
+    gp_lambda: float = Field(0.0, ge=0)
+    """Gradient-penalty weight lambda (WGAN-GP: 10). 0 disables the penalty."""
+    gp_every: int = Field(1, ge=1)
+    """Lazy regularisation: apply the penalty every k-th critic step, scaled by k (StyleGAN2)."""
+
+
+class TrainConfig(_Section):
+    micro_batch: int = Field(64, ge=1)
+    """Images per rank per step. Global batch = micro_batch x num_workers."""
+    max_steps: int = Field(1000, ge=1)
+    """Generator steps to train."""
+    seed: int = 0
+    """Seed for weights, noise and data order (per rank it is offset by the rank)."""
+    precision: Precision = "fp32"
+    """Training precision; bf16/fp16 need a GPU."""
+    zero_stage: Literal[0, 1, 2] = 0
+    """DeepSpeed ZeRO stage for both engines."""
+    grad_clip: float = Field(0.0, ge=0)
+    """Gradient clipping by global norm (0 = off)."""
+    lr_scaling: Literal["none", "linear", "sqrt"] = "none"
+    """How the learning rate follows the global batch: lr * f(num_workers)."""
+    log_every: int = Field(10, ge=1)
+    """Steps between metric logs (metrics.jsonl, TensorBoard, Ray reports)."""
+    sample_every: int = Field(200, ge=1)
+    """Steps between fixed-noise sample grids."""
+    checkpoint_every: int = Field(200, ge=1)
+    """Steps between checkpoints (a final one is always written)."""
+    keep_checkpoints: int = Field(3, ge=1)
+    """Checkpoints kept by Ray Train (the newest ones)."""
+
+
+class ClusterConfig(_Section):
+    num_workers: int = Field(1, ge=1)
+    """Ray Train workers (data-parallel ranks)."""
+    gpu: bool = False
+    """One GPU per worker (NCCL); otherwise CPU workers with gloo."""
+    cpus_per_worker: int = Field(1, ge=1)
+    """CPUs reserved per worker; also the torch thread count of each worker."""
+    max_failures: int = Field(2, ge=-1)
+    """Worker-group restarts from the latest checkpoint before giving up (-1 = unlimited)."""
+    metrics_port: int | None = None
+    """Port of rank 0's Prometheus endpoint (`ganforge_train_*`); None disables it."""
+
+
+class GanforgeConfig(_Section):
+    """The whole resolved configuration of a training run (saved as RUN_DIR/config.yaml)."""
+
+    name: str = "run"
+    """Run name, used for the default run directory `runs/<name>`."""
+    run_dir: str | None = None
+    """Where checkpoints, samples and metrics go; None = `runs/<name>`."""
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    optim_g: OptimizerConfig = Field(default_factory=OptimizerConfig)
+    optim_d: OptimizerConfig = Field(default_factory=OptimizerConfig)
+    loss: LossConfig = Field(default_factory=LossConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    cluster: ClusterConfig = Field(default_factory=ClusterConfig)
+
+    @model_validator(mode="after")
+    def _check_precision(self) -> GanforgeConfig:
+        if self.train.precision != "fp32" and not self.cluster.gpu:
+            raise ValueError(
+                f"train.precision={self.train.precision} needs a GPU (cluster.gpu / --gpu); "
+                "CPU training runs in fp32"
+            )
+        return self
+
+    def resolved_run_dir(self) -> Path:
+        return Path(self.run_dir) if self.run_dir else Path("runs") / self.name
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+    def training_fingerprint(self) -> dict[str, Any]:
+        """The fields a resumed run must share with the run it resumes (not budget or logging)."""
+        d = self.model_dump(mode="json")
+        return {k: d[k] for k in ("model", "optim_g", "optim_d", "loss")} | {
+            "micro_batch": self.train.micro_batch,
+            "seed": self.train.seed,
+        }
+
+
+def _format_validation_error(err: ValidationError, source: str) -> str:
+    lines = [f"invalid configuration in {source}:"]
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        if e["type"] == "extra_forbidden":
+            lines.append(f"  - unknown key '{loc}' (check the spelling; see `ganforge config show`)")
+        else:
+            got = e.get("input")
+            got_s = f" (got {got!r})" if got is not None and not isinstance(got, dict) else ""
+            lines.append(f"  - {loc}: {e['msg']}{got_s}")
+    return "\n".join(lines)
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = tree
+    for k in keys[:-1]:
+        node = node.setdefault(k, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override '{dotted}': '{k}' is not a section")
+    node[keys[-1]] = value
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """`train.max_steps=100` -> ('train.max_steps', 100); the value is parsed as YAML."""
+    if "=" not in item:
+        raise ConfigError(f"override '{item}' must look like section.key=value")
+    key, raw = item.split("=", 1)
+    return key.strip(), yaml.safe_load(raw)
+
+
+def load_config(
+    path: str | Path | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> GanforgeConfig:
+    """Read a YAML config, apply dotted overrides (`{"train.max_steps": 10}`), validate.
+
+    Overrides whose value is None are ignored, so CLI options that were not given fall through.
+    """
+    tree: dict[str, Any] = {}
+    source = "defaults"
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p}")
+        try:
+            loaded = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{p} is not valid YAML: {e}") from e
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{p} must hold a mapping of sections, got {type(loaded).__name__}")
+        tree = loaded
+        source = str(p)
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            _set_dotted(tree, key, value)
+    try:
+        return GanforgeConfig.model_validate(tree)
+    except ValidationError as e:
+        raise ConfigError(_format_validation_error(e, source)) from None
+
+
+def packaged_config_dir() -> Path:
+    """Configs shipped inside the package (copies of the repository's `configs/`)."""
+    import ganforge.configs  # configs/ is mapped to this data-only package (pyproject)
+
+    return Path(ganforge.configs.__file__).parent
+
+
+def resolve_config_path(name_or_path: str | Path) -> Path:
+    """Accept a path, or the bare name of a shipped config (`cwgan-gp` -> configs/cwgan-gp.yaml)."""
+    p = Path(name_or_path)
+    if p.is_file():
+        return p
+    for base in (Path("configs"), packaged_config_dir()):
+        cand = base / (p.name if p.suffix else f"{p.name}.yaml")
+        if cand.is_file():
+            return cand
+    raise ConfigError(f"config not found: {name_or_path} (a YAML path or one of the shipped names)")

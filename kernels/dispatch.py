@@ -1,0 +1,73 @@
+"""Backend selection: the one place that decides between Triton and the PyTorch reference."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from ganforge.kernels import reference as ref
+
+BACKENDS = ("auto", "torch", "triton")
+
+
+def triton_available() -> bool:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def resolve_backend(backend: str, device: torch.device) -> str:
+    """Map "auto" to a concrete backend for tensors on `device`."""
+    if backend not in BACKENDS:
+        raise ValueError(f"kernel backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "auto":
+        return "triton" if device.type == "cuda" and triton_available() else "torch"
+    return backend
+
+
+def conv_transpose2d(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    stride: int = 1,
+    padding: int = 0,
+    output_padding: int = 0,
+    activation: str | None = None,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """Transposed convolution with an optional fused activation (see `reference.conv_transpose2d_ref`)."""
+    if resolve_backend(backend, x.device) == "triton":
+        from ganforge.kernels.conv_transpose import conv_transpose2d_triton
+
+        return conv_transpose2d_triton(x, weight, bias, stride, padding, output_padding, activation)
+    return ref.conv_transpose2d_ref(x, weight, bias, stride, padding, output_padding, activation)
+
+
+def gradient_penalty(
+    critic: Callable[[torch.Tensor], torch.Tensor],
+    real: torch.Tensor,
+    fake: torch.Tensor,
+    lam: float,
+    eps: torch.Tensor | None = None,
+    backend: str = "auto",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """WGAN-GP penalty lambda * mean((||grad_x critic(x_hat)|| - 1)^2).
+
+    critic: maps x_hat [B, C, H, W] to scores [B] (labels already bound for conditional critics).
+    real, fake: [B, C, H, W]; fake should be detached. eps: [B] uniform in [0, 1] (drawn if None).
+    Returns (penalty scalar with a graph for the critic's parameters, mean gradient norm detached).
+    """
+    if eps is None:
+        eps = torch.rand(real.shape[0], device=real.device)
+    if resolve_backend(backend, real.device) == "triton":
+        from ganforge.kernels.gradient_penalty import gradient_penalty_triton
+
+        return gradient_penalty_triton(critic, real, fake, lam, eps)
+    x_hat = ref.interpolate_ref(real, fake.detach(), eps).requires_grad_(True)
+    scores = critic(x_hat)
+    (grad,) = torch.autograd.grad(scores.sum(), x_hat, create_graph=True)
+    penalty, norms = ref.penalty_from_grad_ref(grad, lam)
+    return penalty, norms.mean().detach()
