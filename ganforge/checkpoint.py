@@ -62,7 +62,9 @@ def write_marker(root: Path, files: dict[str, str], meta: dict[str, Any]) -> Non
 def read_marker(root: Path) -> dict[str, Any]:
     path = Path(root) / MARKER
     if not path.is_file():
-        raise CheckpointError(f"{root}: no {MARKER}; the checkpoint is incomplete or not ganforge's")
+        raise CheckpointError(
+            f"{root}: no {MARKER}; the checkpoint is incomplete or not ganforge's"
+        )
     try:
         meta = json.loads(path.read_text())
     except json.JSONDecodeError as e:
@@ -166,7 +168,10 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedMo
     except Exception as e:  # torch raises several types for truncated/garbled files
         raise CheckpointError(f"{root / WEIGHTS}: cannot be read ({e})") from None
     g, d = build_generator(cfg.model), build_discriminator(cfg.model)
-    for name, module, key in (("generator", g, "generator_ema"), ("discriminator", d, "discriminator")):
+    for name, module, key in (
+        ("generator", g, "generator_ema"),
+        ("discriminator", d, "discriminator"),
+    ):
         try:
             module.load_state_dict(state[key])
         except (KeyError, RuntimeError) as e:
@@ -174,3 +179,56 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedMo
     g.to(device).eval()
     d.to(device).eval()
     return LoadedModel(cfg, meta, g, d, root)
+
+
+def write_weights(
+    root: str | Path,
+    generator: torch.nn.Module,
+    generator_ema: torch.nn.Module,
+    discriminator: torch.nn.Module,
+) -> Path:
+    """weights.pt: plain tensors only (loadable with `torch.load(weights_only=True)`)."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    state = {
+        name: {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
+        for name, module in (
+            ("generator", generator),
+            ("generator_ema", generator_ema),
+            ("discriminator", discriminator),
+        )
+    }
+    torch.save(state, root / WEIGHTS)
+    return root / WEIGHTS
+
+
+def checkpoint_meta(
+    config: GanforgeConfig, step: int, images_seen: int, classes: list[str] | None, **extra: Any
+) -> dict[str, Any]:
+    return {
+        "step": int(step),
+        "images_seen": int(images_seen),
+        "config": config.model_dump(mode="json"),
+        "classes": list(classes or []),
+        **extra,
+    }
+
+
+def write_weights_checkpoint(
+    root: str | Path,
+    config: GanforgeConfig,
+    generator: torch.nn.Module,
+    generator_ema: torch.nn.Module,
+    discriminator: torch.nn.Module,
+    step: int,
+    images_seen: int,
+    classes: list[str] | None = None,
+    extra_meta: dict[str, Any] | None = None,
+) -> Path:
+    """A complete single-process checkpoint (weights + marker) in `root`. Training writes the
+    distributed variant itself; tests and tools use this to make servable checkpoints."""
+    root = Path(root)
+    write_weights(root, generator, generator_ema, discriminator)
+    meta = checkpoint_meta(config, step, images_seen, classes, **(extra_meta or {}))
+    write_marker(root, hash_tree(root), meta)
+    return root

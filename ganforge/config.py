@@ -23,7 +23,9 @@ class ConfigError(ValueError):
 
 class _Section(BaseModel):
     # extra="forbid" turns a typo in a YAML key into an error instead of a silent default.
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, use_attribute_docstrings=True)
+    model_config = ConfigDict(
+        extra="forbid", validate_assignment=True, use_attribute_docstrings=True
+    )
 
 
 class DataConfig(_Section):
@@ -114,6 +116,9 @@ class TrainConfig(_Section):
     """Steps between checkpoints (a final one is always written)."""
     keep_checkpoints: int = Field(3, ge=1)
     """Checkpoints kept by Ray Train (the newest ones)."""
+    sync_batchnorm: bool = False
+    """Synchronise BatchNorm statistics across ranks (the global batch behaves like one batch).
+    False = per-rank statistics, as DDP does by default (cheaper; what DCGAN recipes assume)."""
 
 
 class ClusterConfig(_Section):
@@ -162,6 +167,7 @@ class GanforgeConfig(_Section):
     def training_fingerprint(self) -> dict[str, Any]:
         """The fields a resumed run must share with the run it resumes (not budget or logging)."""
         d = self.model_dump(mode="json")
+        d["model"].pop("kernels")  # the kernel backend does not change the maths
         return {k: d[k] for k in ("model", "optim_g", "optim_d", "loss")} | {
             "micro_batch": self.train.micro_batch,
             "seed": self.train.seed,
@@ -173,7 +179,9 @@ def _format_validation_error(err: ValidationError, source: str) -> str:
     for e in err.errors():
         loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
         if e["type"] == "extra_forbidden":
-            lines.append(f"  - unknown key '{loc}' (check the spelling; see `ganforge config show`)")
+            lines.append(
+                f"  - unknown key '{loc}' (check the spelling; see `ganforge config show`)"
+            )
         else:
             got = e.get("input")
             got_s = f" (got {got!r})" if got is not None and not isinstance(got, dict) else ""

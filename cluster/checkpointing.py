@@ -1,0 +1,116 @@
+"""Distributed checkpoints through Ray Train: save (all ranks), pick and restore (all ranks).
+
+Every rank writes its part into a private temp dir (DeepSpeed engine files, its rank file; rank 0
+also weights.pt); the file hashes are gathered and rank 0 writes the ganforge.json marker over the
+union; then every rank calls `ray.train.report(checkpoint=...)`, and Ray Train merges the rank
+dirs into RUN_DIR/checkpoints/step-XXXXXX. A checkpoint whose marker is missing or whose files
+do not match it (a kill during upload) is skipped on restore with a warning.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from ganforge.cluster.engines import GANEngines
+
+from ganforge.checkpoint import (
+    checkpoint_meta,
+    checkpoint_root,
+    hash_tree,
+    latest_valid,
+    write_marker,
+    write_weights,
+)
+
+log = logging.getLogger("ganforge.train")
+
+
+def _all_gather(obj):
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return [obj]
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def _broadcast(obj):
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def save_and_report(
+    gan: GANEngines, step: int, images_seen: int, classes: list[str], metrics: dict
+) -> float:
+    """Collective. Returns the seconds the save took (reported in the next metrics)."""
+    import ray.train
+
+    t0 = time.perf_counter()
+    tmp = Path(tempfile.mkdtemp(prefix=f"ganforge-ckpt-{step:06d}-r{gan.rank}-"))
+    try:
+        gan.save_engines(str(tmp / "deepspeed"))
+        torch.save(
+            {"step": step, "images_seen": images_seen, "world_size": gan.world, **gan.rank_state()},
+            tmp / f"rank-{gan.rank}.pt",
+        )
+        if gan.rank == 0:
+            write_weights(tmp, gan.g, gan.ema.module, gan.d)
+        files: dict[str, str] = {}
+        for part in _all_gather(hash_tree(tmp)):
+            files.update(part)
+        if gan.rank == 0:
+            meta = checkpoint_meta(gan.cfg, step, images_seen, classes, world_size=gan.world)
+            write_marker(tmp, files, meta)
+        ray.train.report(
+            metrics,
+            checkpoint=ray.train.Checkpoint.from_directory(str(tmp)),
+            checkpoint_dir_name=f"step-{step:06d}",
+        )
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return time.perf_counter() - t0
+
+
+def find_resume_point(run_dir: Path) -> Path | None:
+    """Rank 0 picks the newest checkpoint that verifies (Ray's latest first); all ranks agree."""
+    import ray.train
+
+    choice = None
+    if not dist.is_initialized() or dist.get_rank() == 0:
+        candidates = []
+        ckpt = ray.train.get_checkpoint()
+        if ckpt is not None and Path(ckpt.path).is_dir():
+            candidates.append(Path(ckpt.path))
+        found = latest_valid(checkpoint_root(run_dir), candidates)
+        choice = str(found) if found else None
+    choice = _broadcast(choice)
+    return Path(choice) if choice else None
+
+
+def restore(gan: GANEngines, ckpt: Path) -> tuple[int, int]:
+    """Load engines, EMA, RNG and noise state; returns (step, images_seen)."""
+    rank_file = ckpt / f"rank-{gan.rank}.pt"
+    if not rank_file.is_file():
+        raise RuntimeError(
+            f"{ckpt} has no {rank_file.name}: it was written by a run with a different number "
+            "of workers; resume with the same --num-workers"
+        )
+    # Our own file (hash-verified); it holds numpy/python RNG states, hence weights_only=False.
+    state = torch.load(rank_file, map_location="cpu", weights_only=False)
+    if state["world_size"] != gan.world:
+        raise RuntimeError(
+            f"{ckpt} was written by {state['world_size']} workers, this run has {gan.world}"
+        )
+    gan.load_engines(str(ckpt / "deepspeed"))
+    weights = torch.load(ckpt / "weights.pt", map_location="cpu", weights_only=True)
+    gan.ema.module.load_state_dict(weights["generator_ema"])
+    gan.load_rank_state(state)
+    return int(state["step"]), int(state["images_seen"])

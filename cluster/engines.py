@@ -1,0 +1,187 @@
+"""The per-worker GAN state: two DeepSpeed engines (G and D), the generator EMA, the steps.
+
+Gradient isolation (DeepSpeed issues 399/4923): the generator step computes D's scores through
+D's raw *module* with D's parameters frozen, never through `engine_d` — a forward through D's
+engine followed by `engine_g.backward` trips D's engine hooks, and unfrozen D parameters would
+collect gradients that leak into D's next step.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+from ganforge.cluster.deepspeed_config import build_optimizer, engine_config
+from ganforge.cluster.ema import GeneratorEMA
+from ganforge.cluster.noise import NoiseSource
+from ganforge.cluster.sync_bn import convert_batchnorm
+from ganforge.kernels import gradient_penalty
+from ganforge.models import build_discriminator, build_generator, get_variant
+from ganforge.models.losses import d_loss, g_loss
+from torch import nn
+
+from ganforge.config import GanforgeConfig
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass
+class CriticStats:
+    loss_d: float
+    gp: float | None
+    grad_norm: float | None
+
+
+def _quiet_deepspeed() -> None:
+    from deepspeed.utils import logger as ds_logger
+
+    ds_logger.setLevel(logging.WARNING)
+
+
+class GANEngines:
+    """Builds G, D, their engines and the EMA identically on every rank (same seed)."""
+
+    def __init__(self, cfg: GanforgeConfig, device: torch.device, rank: int, world_size: int):
+        import deepspeed
+
+        _quiet_deepspeed()
+        self.cfg, self.device, self.rank, self.world = cfg, device, rank, world_size
+        self.spec = get_variant(cfg.model.variant)
+        self.dtype = DTYPES[cfg.train.precision]
+        torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
+        g = build_generator(cfg.model)
+        d = build_discriminator(cfg.model)
+        if cfg.train.sync_batchnorm and world_size > 1:
+            g, d = convert_batchnorm(g, device), convert_batchnorm(d, device)
+        self.ema = GeneratorEMA(g, cfg.model.ema_decay)
+        self.ema.module.to(device)
+        opt_g = build_optimizer(g.parameters(), cfg.optim_g, cfg.train, world_size)
+        opt_d = build_optimizer(d.parameters(), cfg.optim_d, cfg.train, world_size)
+        ds_cfg = engine_config(cfg.train, world_size)
+        self.engine_g, *_ = deepspeed.initialize(
+            model=g.to(device), optimizer=opt_g, config=dict(ds_cfg), dist_init_required=False
+        )
+        self.engine_d, *_ = deepspeed.initialize(
+            model=d.to(device), optimizer=opt_d, config=dict(ds_cfg), dist_init_required=False
+        )
+        self.noise = NoiseSource(
+            cfg.train.seed,
+            cfg.model.z_dim,
+            self.g.num_classes,
+            cfg.train.micro_batch,
+            rank,
+            world_size,
+        )
+        self.critic_steps = 0
+
+    @property
+    def g(self) -> nn.Module:
+        return self.engine_g.module
+
+    @property
+    def d(self) -> nn.Module:
+        return self.engine_d.module
+
+    def _labels(self, labels: torch.Tensor | None) -> torch.Tensor | None:
+        return labels if self.spec.conditional else None
+
+    def critic_step(self, real: torch.Tensor, labels: torch.Tensor) -> CriticStats:
+        """One D/critic update on a real batch and a fresh fake batch (G frozen, no graph)."""
+        loss_cfg = self.cfg.loss
+        real = real.to(self.device, self.dtype, non_blocking=True)
+        y_real = self._labels(labels.to(self.device, non_blocking=True))
+        noise = self.noise.draw(self.device)
+        y_fake = self._labels(noise.labels)
+        with torch.no_grad():
+            fake = self.g(noise.z.to(self.dtype), y_fake)
+        real_scores = self.engine_d(real, y_real).float()
+        fake_scores = self.engine_d(fake, y_fake).float()
+        loss = d_loss(loss_cfg.kind, real_scores, fake_scores)
+        gp = grad_norm = None
+        if loss_cfg.gp_lambda > 0 and self.critic_steps % loss_cfg.gp_every == 0:
+            # Lazy regularisation: every k-th step, weighted by k (StyleGAN2's R1 schedule).
+            # Through D's module, not its engine: the inner autograd.grad would otherwise fire
+            # the engine's output hooks outside engine.backward, which DeepSpeed rejects.
+            penalty, mean_norm = gradient_penalty(
+                lambda x: self.d(x, y_real).float(),
+                real,
+                fake,
+                loss_cfg.gp_lambda * loss_cfg.gp_every,
+                eps=noise.eps.to(self.dtype),
+                backend=self.cfg.model.kernels,
+            )
+            loss = loss + penalty
+            gp, grad_norm = float(penalty.detach()), float(mean_norm)
+        self.engine_d.backward(loss)
+        self.engine_d.step()
+        if loss_cfg.clip_value:
+            with torch.no_grad():
+                for p in self.d.parameters():
+                    p.clamp_(-loss_cfg.clip_value, loss_cfg.clip_value)
+        self.critic_steps += 1
+        return CriticStats(float(loss.detach()), gp, grad_norm)
+
+    def generator_step(self) -> float:
+        """One G update through D's module with D's parameters frozen; then the EMA update."""
+        noise = self.noise.draw(self.device)
+        y_fake = self._labels(noise.labels)
+        d_params = list(self.d.parameters())
+        for p in d_params:
+            p.requires_grad_(False)
+        try:
+            fake = self.engine_g(noise.z.to(self.dtype), y_fake)
+            loss = g_loss(self.cfg.loss.kind, self.d(fake, y_fake).float())
+            self.engine_g.backward(loss)
+            self.engine_g.step()
+        finally:
+            for p in d_params:
+                p.requires_grad_(True)
+        self.ema.update(self.g)
+        return float(loss.detach())
+
+    def lr(self) -> tuple[float, float]:
+        return (
+            self.engine_g.optimizer.param_groups[0]["lr"],
+            self.engine_d.optimizer.param_groups[0]["lr"],
+        )
+
+    # -- checkpoint state ------------------------------------------------------------------
+    def save_engines(self, ds_dir: str) -> None:
+        """Collective: every rank writes its part (ZeRO partitions) of both engines."""
+        self.engine_g.save_checkpoint(ds_dir, tag="generator", save_latest=False)
+        self.engine_d.save_checkpoint(ds_dir, tag="discriminator", save_latest=False)
+
+    def load_engines(self, ds_dir: str) -> None:
+        for engine, tag in ((self.engine_g, "generator"), (self.engine_d, "discriminator")):
+            path, _ = engine.load_checkpoint(
+                ds_dir, tag=tag, load_optimizer_states=True, load_lr_scheduler_states=True
+            )
+            if path is None:
+                raise RuntimeError(f"DeepSpeed could not load tag {tag!r} from {ds_dir}")
+
+    def rank_state(self) -> dict:
+        import random
+
+        import numpy as np
+
+        return {
+            "noise": self.noise.state_dict(),
+            "critic_steps": self.critic_steps,
+            "ema_updates": self.ema.updates,  # the EMA weights themselves live in weights.pt
+            "torch_rng": torch.get_rng_state(),
+            "numpy_rng": np.random.get_state(),
+            "python_rng": random.getstate(),
+        }
+
+    def load_rank_state(self, state: dict) -> None:
+        import random
+
+        import numpy as np
+
+        self.noise.load_state_dict(state["noise"])
+        self.critic_steps = int(state["critic_steps"])
+        self.ema.updates = int(state["ema_updates"])
+        torch.set_rng_state(state["torch_rng"])
+        np.random.set_state(state["numpy_rng"])
+        random.setstate(state["python_rng"])

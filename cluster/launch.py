@@ -1,0 +1,197 @@
+"""Driver side of `ganforge train`: validate everything, then run Ray Train's TorchTrainer.
+
+All user errors (bad config, shards that do not fit the model, a run dir of another config) are
+raised here as `ConfigError` before any worker starts.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ganforge.checkpoint import checkpoint_root, list_checkpoints
+from ganforge.config import ConfigError, GanforgeConfig
+
+
+@dataclass
+class PreparedRun:
+    config: GanforgeConfig
+    run_dir: Path
+    urls: list[str]
+    classes: list[str]
+    resume_from: Path | None
+    start_step: int
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            out |= _flatten(v, f"{prefix}{k}.")
+        else:
+            out[prefix + k] = v
+    return out
+
+
+def _check_run_dir(cfg: GanforgeConfig, run_dir: Path) -> None:
+    saved = run_dir / "config.yaml"
+    if not saved.is_file():
+        return
+    try:
+        old = GanforgeConfig.model_validate(yaml.safe_load(saved.read_text()))
+    except Exception as e:
+        raise ConfigError(f"{saved}: cannot be read as a ganforge config ({e})") from None
+    new_fp, old_fp = _flatten(cfg.training_fingerprint()), _flatten(old.training_fingerprint())
+    diff = sorted(k for k in new_fp.keys() | old_fp.keys() if new_fp.get(k) != old_fp.get(k))
+    if diff:
+        raise ConfigError(
+            f"run dir {run_dir} belongs to a different config (differs in: {', '.join(diff)}); "
+            "pick a new --run-dir or use the original config"
+        )
+
+
+def prepare_run(cfg: GanforgeConfig, resume: bool | None = None) -> PreparedRun:
+    """Resolve data and classes, check model/data/run-dir compatibility, write config.yaml."""
+    from ganforge.cluster.data import check_compatible, resolve_data
+    from ganforge.models import check_recipe, get_variant
+
+    try:
+        spec = get_variant(cfg.model.variant)
+        urls, manifest = resolve_data(cfg.data)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    classes = list((manifest or {}).get("classes") or [])
+    if spec.conditional and cfg.model.num_classes == 0:
+        if not classes:
+            raise ConfigError(
+                f"model.variant={cfg.model.variant} is conditional: set model.num_classes or use "
+                "shards with a dataset.json that lists the classes"
+            )
+        cfg.model.num_classes = len(classes)
+    try:
+        if manifest is not None:
+            check_compatible(manifest, cfg.model)
+        check_recipe(cfg.model, cfg.loss)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    if not classes and cfg.model.num_classes:
+        classes = [str(i) for i in range(cfg.model.num_classes)]
+
+    run_dir = cfg.resolved_run_dir().expanduser().resolve()
+    cfg.run_dir = str(run_dir)
+    _check_run_dir(cfg, run_dir)
+    existing = list_checkpoints(checkpoint_root(run_dir))
+    if resume is True and not existing:
+        raise ConfigError(f"--resume: no checkpoint in {checkpoint_root(run_dir)}")
+    if resume is False and existing:
+        raise ConfigError(
+            f"{run_dir} already holds checkpoints (latest step {existing[0][0]}); "
+            "pass --resume to continue it or choose another --run-dir"
+        )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(cfg.to_yaml())
+    start = existing[0][0] if existing else 0
+    if start >= cfg.train.max_steps:
+        raise ConfigError(
+            f"{run_dir} is already at step {start} >= train.max_steps={cfg.train.max_steps}; "
+            "raise --max-steps to train further"
+        )
+    return PreparedRun(cfg, run_dir, urls, classes, existing[0][1] if existing else None, start)
+
+
+class ProgressTail:
+    """Driver-side progress bar fed by rank 0's metrics.jsonl (works for local clusters)."""
+
+    def __init__(self, path: Path, total: int, start: int, enabled: bool = True):
+        self.path, self.total, self.start, self.enabled = path, total, start, enabled
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> ProgressTail:
+        if self.enabled:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        if self.enabled:
+            self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        from tqdm import tqdm
+
+        offset = self.path.stat().st_size if self.path.exists() else 0
+        with tqdm(total=self.total, initial=self.start, unit="step", dynamic_ncols=True) as bar:
+            while not self._stop.is_set():
+                if self.path.exists():
+                    with open(self.path) as f:
+                        f.seek(offset)
+                        chunk = f.read()
+                    if chunk.endswith("\n"):
+                        offset += len(chunk.encode())
+                        for line in chunk.splitlines():
+                            self._update(bar, json.loads(line))
+                time.sleep(0.5)
+
+    @staticmethod
+    def _update(bar: Any, rec: dict[str, Any]) -> None:
+        bar.n = rec["step"]
+        post = {k: f"{rec[k]:.3f}" for k in ("loss_d", "loss_g", "gp") if k in rec}
+        post["img/s"] = f"{rec.get('images_per_s', 0):.0f}"
+        bar.set_postfix(post, refresh=False)
+        bar.refresh()
+
+
+def run_training(
+    cfg: GanforgeConfig, resume: bool | None = None, show_progress: bool = True
+) -> Path:
+    """Train `cfg` on Ray (local cluster unless RAY_ADDRESS is set); returns the run dir.
+
+    resume: None = continue when the run dir has checkpoints, True = require one, False = refuse.
+    """
+    import ray
+    from ganforge.cluster.loop import train_func
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    prep = prepare_run(cfg, resume)
+    cfg = prep.config
+    if not ray.is_initialized():
+        ray.init(logging_level="WARNING", log_to_driver=True)
+    resources = {"CPU": cfg.cluster.cpus_per_worker} | ({"GPU": 1} if cfg.cluster.gpu else {})
+    trainer = TorchTrainer(
+        train_func,
+        train_loop_config={
+            "config": cfg.model_dump(mode="json"),
+            "urls": prep.urls,
+            "classes": prep.classes,
+            "run_dir": str(prep.run_dir),
+            "launch_id": uuid.uuid4().hex[:12],
+        },
+        torch_config=TorchConfig(backend="nccl" if cfg.cluster.gpu else "gloo"),
+        scaling_config=ScalingConfig(
+            num_workers=cfg.cluster.num_workers,
+            use_gpu=cfg.cluster.gpu,
+            resources_per_worker=resources,
+        ),
+        run_config=RunConfig(
+            name="checkpoints",
+            storage_path=str(prep.run_dir),
+            failure_config=FailureConfig(max_failures=cfg.cluster.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
+        ),
+    )
+    if prep.resume_from is not None:
+        print(f"[ganforge] resuming {prep.run_dir} from step {prep.start_step}", flush=True)
+    with ProgressTail(
+        prep.run_dir / "metrics.jsonl", cfg.train.max_steps, prep.start_step, show_progress
+    ):
+        trainer.fit()
+    return prep.run_dir

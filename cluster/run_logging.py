@@ -1,0 +1,95 @@
+"""Rank 0's outputs: metrics.jsonl, TensorBoard events, Prometheus gauges, sample grids."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from ganforge.cluster.noise import fixed_sample_noise
+
+from ganforge.images import save_grid
+
+PROM_GAUGES = {
+    "step": "Generator steps completed",
+    "images_seen": "Real images consumed by the critic (all ranks)",
+    "images_per_second": "Real images through the critic per second (all ranks)",
+    "step_seconds": "Wall time of the last generator step (incl. its critic steps)",
+    "loss_d": "Discriminator/critic loss (mean over ranks)",
+    "loss_g": "Generator loss (mean over ranks)",
+    "gp": "Gradient penalty value (mean over ranks)",
+    "input_wait_fraction": "Share of step time spent waiting for input batches",
+    "checkpoint_seconds": "Wall time of the last checkpoint save",
+    "restarts": "Worker-group restarts of this launch (from checkpoints)",
+}
+
+
+class PrometheusExporter:
+    """`ganforge_train_*` gauges served by prometheus_client on rank 0."""
+
+    def __init__(self, port: int):
+        from prometheus_client import CollectorRegistry, Gauge, start_http_server
+
+        self.registry = CollectorRegistry()
+        self.gauges = {
+            k: Gauge(f"ganforge_train_{k}", doc, registry=self.registry)
+            for k, doc in PROM_GAUGES.items()
+        }
+        self.server, self.thread = start_http_server(port, registry=self.registry)
+
+    def set(self, values: dict[str, Any]) -> None:
+        for k, v in values.items():
+            if k in self.gauges and v is not None:
+                self.gauges[k].set(float(v))
+
+    def close(self) -> None:
+        self.server.shutdown()
+
+
+class RunLogger:
+    """Everything rank 0 writes into the run directory while training."""
+
+    def __init__(self, run_dir: Path, metrics_port: int | None, restarts: int):
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.run_dir = run_dir
+        self.metrics_path = run_dir / "metrics.jsonl"
+        self.tb = SummaryWriter(str(run_dir / "tensorboard"))
+        self.prom = PrometheusExporter(metrics_port) if metrics_port else None
+        if self.prom:
+            self.prom.set({"restarts": restarts})
+
+    def log(self, record: dict[str, Any]) -> None:
+        record = {"time": time.time(), **record}
+        with open(self.metrics_path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        step = record["step"]
+        for k, v in record.items():
+            if k not in ("step", "time") and isinstance(v, int | float):
+                self.tb.add_scalar(f"train/{k}", v, step)
+        if self.prom:
+            self.prom.set(record)
+
+    def gauge(self, **values: Any) -> None:
+        if self.prom:
+            self.prom.set(values)
+
+    @torch.no_grad()
+    def samples(
+        self,
+        generator: torch.nn.Module,
+        step: int,
+        z_dim: int,
+        num_classes: int,
+        device: torch.device,
+    ) -> Path:
+        z, labels, per_row = fixed_sample_noise(z_dim, num_classes)
+        images = generator(z.to(device), None if labels is None else labels.to(device))
+        return save_grid(images, self.run_dir / "samples" / f"step-{step:06d}.png", nrow=per_row)
+
+    def close(self) -> None:
+        self.tb.close()
+        if self.prom:
+            self.prom.close()

@@ -1,0 +1,45 @@
+"""Model shapes for every variant, resolution and channel count."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from ganforge.models import VARIANTS, build_discriminator, build_generator
+
+from ganforge.config import ModelConfig
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+@pytest.mark.parametrize("resolution,channels", [(32, 3), (64, 1)])
+def test_generator_and_critic_shapes(variant, resolution, channels):
+    cfg = ModelConfig(
+        variant=variant,
+        resolution=resolution,
+        channels=channels,
+        width=8,
+        z_dim=16,
+        num_classes=5,
+        kernels="torch",
+    )
+    g, d = build_generator(cfg), build_discriminator(cfg)
+    labels = torch.randint(0, 5, (3,)) if VARIANTS[variant].conditional else None
+    x = g(torch.randn(3, 16), labels)
+    assert x.shape == (3, channels, resolution, resolution)
+    assert x.min() >= -1 and x.max() <= 1
+    assert d(x, labels).shape == (3,)
+
+
+def test_conditional_generator_depends_on_label():
+    cfg = ModelConfig(variant="cdcgan", width=8, z_dim=16, num_classes=4, kernels="torch")
+    g = build_generator(cfg).eval()
+    z = torch.randn(2, 16)
+    a = g(z, torch.tensor([0, 0]))
+    b = g(z, torch.tensor([3, 3]))
+    assert not torch.allclose(a, b)
+    with pytest.raises(ValueError, match="conditional"):
+        g(z)
+
+
+def test_wgan_gp_critic_has_no_batchnorm():
+    d = build_discriminator(ModelConfig(variant="wgan-gp", width=8))
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in d.modules())
