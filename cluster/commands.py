@@ -49,7 +49,7 @@ def train(
     ),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
 ) -> None:
-    """Train a GAN with DeepSpeed engines on Ray Train workers (local Ray unless RAY_ADDRESS is set).
+    """Train a GAN: DeepSpeed engines on Ray Train workers (local Ray unless RAY_ADDRESS is set).
 
     Writes RUN_DIR/config.yaml, checkpoints/, samples/, metrics.jsonl and TensorBoard events. The
     same command works as a `ray job submit` entrypoint.

@@ -1,3 +1,3 @@
-"""ganforge: distributed GAN training (Ray + DeepSpeed), Triton kernels, Ray Serve, quality study."""
+"""ganforge: distributed GAN training (Ray + DeepSpeed), Triton kernels, serving, quality study."""
 
 __version__ = "0.1.0"

@@ -39,7 +39,7 @@ class DataConfig(_Section):
     """Samples held in the shuffle buffer of each loader worker (0 disables shuffling)."""
     resample: bool = True
     """Draw shards with replacement (infinite stream): every rank gets the same number of batches,
-    so no rank hangs in a collective at epoch end. False = one pass over each rank's disjoint slice."""
+    so no rank hangs in a collective at epoch end. False = one pass over each rank's own slice."""
     num_workers: int = Field(1, ge=0)
     """DataLoader worker processes per training worker (decode + augment)."""
     hflip: bool = True
@@ -66,7 +66,8 @@ class ModelConfig(_Section):
     ema_decay: float = Field(0.999, ge=0.0, lt=1.0)
     """Decay of the generator EMA used for sampling and serving (0 = copy the live weights)."""
     kernels: KernelBackend = "auto"
-    """Transposed-conv and gradient-penalty kernels: triton, torch reference, or auto (Triton on CUDA)."""
+    """Transposed-conv and gradient-penalty kernels: triton, torch (reference), or auto (Triton on
+    CUDA, the reference elsewhere)."""
 
 
 class OptimizerConfig(_Section):

@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-
 from ganforge.kernels import reference as ref
 
 BACKENDS = ("auto", "torch", "triton")
@@ -38,7 +37,7 @@ def conv_transpose2d(
     activation: str | None = None,
     backend: str = "auto",
 ) -> torch.Tensor:
-    """Transposed convolution with an optional fused activation (see `reference.conv_transpose2d_ref`)."""
+    """Transposed convolution + optional fused activation (see `reference.conv_transpose2d_ref`)."""
     if resolve_backend(backend, x.device) == "triton":
         from ganforge.kernels.conv_transpose import conv_transpose2d_triton
 

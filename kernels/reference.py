@@ -38,8 +38,9 @@ def conv_transpose2d_ref(
     x: [B, C_in, H, W]; weight: [C_in, C_out, K, K] (PyTorch layout); bias: [C_out] or None.
     Returns [B, C_out, (H-1)*stride - 2*padding + K + output_padding, same for W].
     """
-    y = F.conv_transpose2d(x, weight, bias, stride=stride, padding=padding,
-                           output_padding=output_padding)
+    y = F.conv_transpose2d(
+        x, weight, bias, stride=stride, padding=padding, output_padding=output_padding
+    )
     return apply_activation(y, activation)
 
 

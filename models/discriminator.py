@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import torch
-from torch import nn
-
 from ganforge.models.generator import num_blocks
 from ganforge.models.layers import dcgan_init, make_norm
+from torch import nn
 
 
 class Discriminator(nn.Module):
-    """images [B, C, res, res] (+ labels [B]) -> scores [B] (logits for BCE, critic values for WGAN).
+    """images [B, C, res, res] (+ labels [B]) -> scores [B] (BCE logits or WGAN critic values).
 
     Stride-2 k4 p1 convs with LeakyReLU(0.2) down to 4x4 (no norm on the first layer), then a
     linear head. Conditional: projection, score = w.h + <embed(y), h>. Projection is chosen over
@@ -18,8 +17,9 @@ class Discriminator(nn.Module):
     images for serving) and is the better-conditioned of the two in Miyato & Koyama's results.
     """
 
-    def __init__(self, channels: int, resolution: int, width: int, num_classes: int = 0,
-                 norm: str = "batch"):
+    def __init__(
+        self, channels: int, resolution: int, width: int, num_classes: int = 0, norm: str = "batch"
+    ):
         super().__init__()
         n = num_blocks(resolution)
         ch = width

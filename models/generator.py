@@ -5,21 +5,20 @@ from __future__ import annotations
 import math
 
 import torch
-from torch import nn
-
 from ganforge.models.layers import KernelConvTranspose2d, dcgan_init
+from torch import nn
 
 
 def num_blocks(resolution: int) -> int:
     """Up/down-sampling blocks between 4x4 and `resolution` (32 -> 3, 64 -> 4)."""
     n = int(math.log2(resolution)) - 2
-    if 2**(n + 2) != resolution or n < 1:
+    if 2 ** (n + 2) != resolution or n < 1:
         raise ValueError(f"resolution must be a power of two >= 8, got {resolution}")
     return n
 
 
 class Generator(nn.Module):
-    """z [B, z_dim] (+ labels [B] int64 when conditional) -> images [B, channels, res, res] in [-1, 1].
+    """z [B, z_dim] (+ labels [B] if conditional) -> images [B, channels, res, res] in [-1, 1].
 
     Layers: ConvT 4x4 from 1x1 (a GEMM), then `num_blocks - 1` ConvT k4 s2 p1 blocks with
     BatchNorm + ReLU halving the width, then a ConvT k4 s2 p1 to `channels` with Tanh fused.

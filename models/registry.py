@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ganforge.models.discriminator import Discriminator
+from ganforge.models.generator import Generator
 from torch import nn
 
 from ganforge.config import LossConfig, ModelConfig
-from ganforge.models.discriminator import Discriminator
-from ganforge.models.generator import Generator
 
 
 @dataclass(frozen=True)
@@ -28,14 +28,37 @@ VARIANTS: dict[str, VariantSpec] = {
     v.name: v
     for v in [
         VariantSpec("dcgan", False, "batch", "bce", description="Radford et al. 2015, BCE loss"),
-        VariantSpec("cdcgan", True, "batch", "bce",
-                    description="conditional DCGAN: z+label embedding, projection D"),
-        VariantSpec("wgan", False, "batch", "wasserstein", needs_clip=True,
-                    description="Arjovsky et al. 2017: weight clipping, RMSprop"),
-        VariantSpec("wgan-gp", False, "layer", "wasserstein", needs_gp=True,
-                    description="Gulrajani et al. 2017: gradient penalty, LayerNorm critic"),
-        VariantSpec("cwgan-gp", True, "layer", "wasserstein", needs_gp=True,
-                    description="conditional WGAN-GP: label embedding in G, projection critic"),
+        VariantSpec(
+            "cdcgan",
+            True,
+            "batch",
+            "bce",
+            description="conditional DCGAN: z+label embedding, projection D",
+        ),
+        VariantSpec(
+            "wgan",
+            False,
+            "batch",
+            "wasserstein",
+            needs_clip=True,
+            description="Arjovsky et al. 2017: weight clipping, RMSprop",
+        ),
+        VariantSpec(
+            "wgan-gp",
+            False,
+            "layer",
+            "wasserstein",
+            needs_gp=True,
+            description="Gulrajani et al. 2017: gradient penalty, LayerNorm critic",
+        ),
+        VariantSpec(
+            "cwgan-gp",
+            True,
+            "layer",
+            "wasserstein",
+            needs_gp=True,
+            description="conditional WGAN-GP: label embedding in G, projection critic",
+        ),
     ]
 }
 
@@ -72,11 +95,19 @@ def num_classes_for(model: ModelConfig) -> int:
 
 
 def build_generator(model: ModelConfig) -> Generator:
-    return Generator(model.z_dim, model.channels, model.resolution, model.width,
-                     num_classes_for(model), model.embed_dim, backend=model.kernels)
+    return Generator(
+        model.z_dim,
+        model.channels,
+        model.resolution,
+        model.width,
+        num_classes_for(model),
+        model.embed_dim,
+        backend=model.kernels,
+    )
 
 
 def build_discriminator(model: ModelConfig) -> nn.Module:
     spec = get_variant(model.variant)
-    return Discriminator(model.channels, model.resolution, model.width,
-                         num_classes_for(model), norm=spec.d_norm)
+    return Discriminator(
+        model.channels, model.resolution, model.width, num_classes_for(model), norm=spec.d_norm
+    )
