@@ -16,8 +16,6 @@ import time
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
-from ganforge.cluster.engines import GANEngines
 
 from ganforge.checkpoint import (
     checkpoint_meta,
@@ -27,24 +25,10 @@ from ganforge.checkpoint import (
     write_marker,
     write_weights,
 )
+from ganforge.cluster.distributed import all_gather_object, broadcast_object
+from ganforge.cluster.engines import GANEngines
 
 log = logging.getLogger("ganforge.train")
-
-
-def _all_gather(obj):
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return [obj]
-    out = [None] * dist.get_world_size()
-    dist.all_gather_object(out, obj)
-    return out
-
-
-def _broadcast(obj):
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
 
 
 def save_and_report(
@@ -64,7 +48,7 @@ def save_and_report(
         if gan.rank == 0:
             write_weights(tmp, gan.g, gan.ema.module, gan.d)
         files: dict[str, str] = {}
-        for part in _all_gather(hash_tree(tmp)):
+        for part in all_gather_object(hash_tree(tmp)):
             files.update(part)
         if gan.rank == 0:
             meta = checkpoint_meta(gan.cfg, step, images_seen, classes, world_size=gan.world)
@@ -79,19 +63,19 @@ def save_and_report(
     return time.perf_counter() - t0
 
 
-def find_resume_point(run_dir: Path) -> Path | None:
+def find_resume_point(run_dir: Path, rank: int) -> Path | None:
     """Rank 0 picks the newest checkpoint that verifies (Ray's latest first); all ranks agree."""
     import ray.train
 
     choice = None
-    if not dist.is_initialized() or dist.get_rank() == 0:
+    if rank == 0:
         candidates = []
         ckpt = ray.train.get_checkpoint()
         if ckpt is not None and Path(ckpt.path).is_dir():
             candidates.append(Path(ckpt.path))
         found = latest_valid(checkpoint_root(run_dir), candidates)
         choice = str(found) if found else None
-    choice = _broadcast(choice)
+    choice = broadcast_object(choice)
     return Path(choice) if choice else None
 
 

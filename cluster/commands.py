@@ -55,7 +55,6 @@ def train(
     same command works as a `ray job submit` entrypoint.
     """
     from ganforge.cluster.launch import run_training
-
     from ganforge.config import load_config, parse_override, resolve_config_path
 
     try:
@@ -87,9 +86,8 @@ def demo(
     """
     import time
 
-    from ganforge.cluster.launch import run_training
-
     from ganforge.checkpoint import resolve_checkpoint
+    from ganforge.cluster.launch import run_training
     from ganforge.config import load_config, resolve_config_path
 
     t0 = time.time()

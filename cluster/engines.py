@@ -12,31 +12,42 @@ import logging
 from dataclasses import dataclass
 
 import torch
+from torch import nn
+
 from ganforge.cluster.deepspeed_config import build_optimizer, engine_config
 from ganforge.cluster.ema import GeneratorEMA
 from ganforge.cluster.noise import NoiseSource
 from ganforge.cluster.sync_bn import convert_batchnorm
+from ganforge.config import GanforgeConfig
 from ganforge.kernels import gradient_penalty
 from ganforge.models import build_discriminator, build_generator, get_variant
 from ganforge.models.losses import d_loss, g_loss
-from torch import nn
-
-from ganforge.config import GanforgeConfig
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass
 class CriticStats:
-    loss_d: float
-    gp: float | None
-    grad_norm: float | None
+    """Detached 0-d tensors: converting them to floats (a device sync) waits for log steps."""
+
+    loss_d: torch.Tensor
+    gp: torch.Tensor | None
+    grad_norm: torch.Tensor | None
 
 
 def _quiet_deepspeed() -> None:
     from deepspeed.utils import logger as ds_logger
 
     ds_logger.setLevel(logging.WARNING)
+
+
+def init_deepspeed_comm(gpu: bool) -> None:
+    """Let DeepSpeed wrap the process group Ray Train created (gloo on CPU, NCCL on GPU)."""
+    import deepspeed
+
+    deepspeed.init_distributed(
+        dist_backend="nccl" if gpu else "gloo", auto_mpi_discovery=False, dist_init_required=False
+    )
 
 
 class GANEngines:
@@ -46,6 +57,7 @@ class GANEngines:
         import deepspeed
 
         _quiet_deepspeed()
+        init_deepspeed_comm(cfg.cluster.gpu)
         self.cfg, self.device, self.rank, self.world = cfg, device, rank, world_size
         self.spec = get_variant(cfg.model.variant)
         self.dtype = DTYPES[cfg.train.precision]
@@ -112,7 +124,7 @@ class GANEngines:
                 backend=self.cfg.model.kernels,
             )
             loss = loss + penalty
-            gp, grad_norm = float(penalty.detach()), float(mean_norm)
+            gp, grad_norm = penalty.detach(), mean_norm
         self.engine_d.backward(loss)
         self.engine_d.step()
         if loss_cfg.clip_value:
@@ -120,9 +132,9 @@ class GANEngines:
                 for p in self.d.parameters():
                     p.clamp_(-loss_cfg.clip_value, loss_cfg.clip_value)
         self.critic_steps += 1
-        return CriticStats(float(loss.detach()), gp, grad_norm)
+        return CriticStats(loss.detach(), gp, grad_norm)
 
-    def generator_step(self) -> float:
+    def generator_step(self) -> torch.Tensor:
         """One G update through D's module with D's parameters frozen; then the EMA update."""
         noise = self.noise.draw(self.device)
         y_fake = self._labels(noise.labels)
@@ -138,7 +150,7 @@ class GANEngines:
             for p in d_params:
                 p.requires_grad_(True)
         self.ema.update(self.g)
-        return float(loss.detach())
+        return loss.detach()
 
     def lr(self) -> tuple[float, float]:
         return (

@@ -157,9 +157,10 @@ def run_training(
     resume: None = continue when the run dir has checkpoints, True = require one, False = refuse.
     """
     import ray
-    from ganforge.cluster.loop import train_func
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
+
+    from ganforge.cluster.loop import train_func
 
     prep = prepare_run(cfg, resume)
     cfg = prep.config

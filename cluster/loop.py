@@ -1,8 +1,9 @@
 """The per-worker training function that Ray Train runs on every rank.
 
-train_func -> (restore) -> loop of train steps; one train step = n_critic critic steps on real
-batches + one generator step. Data position = step * n_critic batches, so resuming restarts the
-stream exactly where the checkpoint left it.
+train_func (setup) -> train (hooks: samples, logs, checkpoints) -> train_step -> n_critic x
+critic_step + generator_step. Data position = step * n_critic batches, so a resumed run restarts
+the stream exactly where its checkpoint left it. Cross-rank work lives in GANEngines (DeepSpeed)
+and `cluster.distributed` (log-step reductions); this file reads like single-process code.
 """
 
 from __future__ import annotations
@@ -14,44 +15,108 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 
 from ganforge.config import GanforgeConfig
 
 
 @dataclass
 class Window:
-    """Metrics accumulated between two logs."""
+    """Metrics accumulated between two logs; tensors stay on the device until a log step."""
 
     steps: int = 0
     seconds: float = 0.0
     wait: float = 0.0
     images: int = 0
-    sums: dict[str, float] = field(default_factory=dict)
+    sums: dict[str, Any] = field(default_factory=dict)
     counts: dict[str, int] = field(default_factory=dict)
 
-    def add(self, key: str, value: float | None) -> None:
+    def add(self, key: str, value: torch.Tensor | None) -> None:
         if value is not None:
             self.sums[key] = self.sums.get(key, 0.0) + value
             self.counts[key] = self.counts.get(key, 0) + 1
 
-    def mean(self, key: str) -> float | None:
-        return self.sums[key] / self.counts[key] if self.counts.get(key) else None
+    def summary(self) -> dict[str, float | None]:
+        out = {k: None for k in ("loss_d", "loss_g", "gp", "grad_norm")}
+        out |= {k: float(v) / self.counts[k] for k, v in self.sums.items()}
+        out["input_wait_frac"] = self.wait / max(self.seconds, 1e-9)
+        return out
 
 
-KEYS = ("loss_d", "loss_g", "gp", "grad_norm")
+@dataclass
+class Progress:
+    step: int = 0
+    images_seen: int = 0
+    saved_step: int = 0
+    checkpoint_s: float | None = None
 
 
-def _mean_over_ranks(window: Window) -> dict[str, float | None]:
-    """Collective: mean of each windowed metric over ranks (NaN marks 'not computed')."""
-    vals = [window.mean(k) for k in KEYS] + [window.wait / max(window.seconds, 1e-9)]
-    t = torch.tensor([float("nan") if v is None else v for v in vals], dtype=torch.float64)
-    if dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(t)
-        t /= dist.get_world_size()
-    out = {k: (None if torch.isnan(t[i]) else float(t[i])) for i, k in enumerate(KEYS)}
-    out["input_wait_frac"] = float(t[-1])
-    return out
+def train_step(gan, batches, n_critic: int, window: Window) -> bool:
+    """n_critic critic steps on real batches, then one generator step. False = data ran out."""
+    try:
+        for _ in range(n_critic):
+            images, labels = next(batches)
+            stats = gan.critic_step(images, labels)
+            window.add("loss_d", stats.loss_d)
+            window.add("gp", stats.gp)
+            window.add("grad_norm", stats.grad_norm)
+    except StopIteration:  # one-pass data (resample: false) ends on the same step on all ranks
+        return False
+    window.add("loss_g", gan.generator_step())
+    return True
+
+
+def train(gan, loader, logger, cfg: GanforgeConfig, classes: list[str], prog: Progress) -> None:
+    import ray.train
+
+    from ganforge.cluster.checkpointing import save_and_report
+    from ganforge.cluster.distributed import mean_over_ranks
+
+    n_critic, images_per_step = cfg.loss.n_critic, cfg.loss.n_critic * cfg.train.micro_batch
+    images_per_step *= gan.world
+    batches, window, lr_g, lr_d = iter(loader), Window(), *gan.lr()
+    while prog.step < cfg.train.max_steps:
+        t0, wait0 = time.perf_counter(), loader.wait_seconds
+        if not train_step(gan, batches, n_critic, window):
+            break
+        prog.step += 1
+        prog.images_seen += images_per_step
+        window.steps += 1
+        window.images += images_per_step
+        window.seconds += time.perf_counter() - t0
+        window.wait += loader.wait_seconds - wait0
+
+        final = prog.step == cfg.train.max_steps
+        if logger and (prog.step % cfg.train.sample_every == 0 or final):
+            logger.samples(
+                gan.ema.module, prog.step, cfg.model.z_dim, gan.g.num_classes, gan.device
+            )
+        is_log = prog.step % cfg.train.log_every == 0 or final
+        is_ckpt = prog.step % cfg.train.checkpoint_every == 0 or final
+        if not (is_log or is_ckpt):
+            continue
+        metrics = mean_over_ranks(window.summary()) | {
+            "step": prog.step,
+            "images_seen": prog.images_seen,
+            "images_per_s": window.images / max(window.seconds, 1e-9),
+            "step_time_s": window.seconds / max(window.steps, 1),
+            "lr_g": lr_g,
+            "lr_d": lr_d,
+            "checkpoint_s": prog.checkpoint_s,
+        }
+        metrics = {k: v for k, v in metrics.items() if v is not None}
+        if logger:
+            logger.log(metrics)
+        if is_ckpt:
+            prog.checkpoint_s = save_and_report(gan, prog.step, prog.images_seen, classes, metrics)
+            prog.saved_step = prog.step
+            if logger:
+                logger.gauge(checkpoint_seconds=prog.checkpoint_s)
+        else:
+            ray.train.report(metrics)
+        window = Window()
+    if prog.saved_step < prog.step:  # one-pass data ran out before max_steps: keep the work
+        final_metrics = {"step": prog.step, "images_seen": prog.images_seen, "data_exhausted": 1}
+        save_and_report(gan, prog.step, prog.images_seen, classes, final_metrics)
 
 
 def _count_start(run_dir: Path, launch_id: str) -> int:
@@ -64,10 +129,11 @@ def _count_start(run_dir: Path, launch_id: str) -> int:
 
 
 def train_func(loop_cfg: dict[str, Any]) -> None:
-    import deepspeed
+    """Ray Train entry point (runs on every rank)."""
     import ray.train
     import ray.train.torch
-    from ganforge.cluster.checkpointing import find_resume_point, restore, save_and_report
+
+    from ganforge.cluster.checkpointing import find_resume_point, restore
     from ganforge.cluster.data import build_loader
     from ganforge.cluster.engines import GANEngines
     from ganforge.cluster.run_logging import RunLogger
@@ -79,30 +145,24 @@ def train_func(loop_cfg: dict[str, Any]) -> None:
     torch.set_num_threads(cfg.cluster.cpus_per_worker)
     device = ray.train.torch.get_device() if cfg.cluster.gpu else torch.device("cpu")
     (run_dir / "pids").mkdir(parents=True, exist_ok=True)
-    (run_dir / "pids" / f"rank-{rank}").write_text(str(os.getpid()))
-    # The process group exists already (Ray Train made it); DeepSpeed wraps it.
-    deepspeed.init_distributed(
-        dist_backend="nccl" if cfg.cluster.gpu else "gloo",
-        auto_mpi_discovery=False,
-        dist_init_required=False,
-    )
+    (run_dir / "pids" / f"rank-{rank}").write_text(str(os.getpid()))  # for ops and kill tests
 
     gan = GANEngines(cfg, device, rank, world)
-    step, images_seen = 0, 0
-    ckpt = find_resume_point(run_dir)
+    prog = Progress()
+    ckpt = find_resume_point(run_dir, rank)
     if ckpt is not None:
-        step, images_seen = restore(gan, ckpt)
-    n_critic, micro = cfg.loss.n_critic, cfg.train.micro_batch
+        prog.step, prog.images_seen = restore(gan, ckpt)
+        prog.saved_step = prog.step
     loader = build_loader(
         loop_cfg["urls"],
         cfg.data,
-        batch_size=micro,
+        batch_size=cfg.train.micro_batch,
         image_size=cfg.model.resolution,
         channels=cfg.model.channels,
         rank=rank,
         world_size=world,
         seed=cfg.train.seed,
-        start_batch=step * n_critic,
+        start_batch=prog.step * cfg.loss.n_critic,
         pin_memory=device.type == "cuda",
     )
     logger = None
@@ -110,67 +170,9 @@ def train_func(loop_cfg: dict[str, Any]) -> None:
         starts = _count_start(run_dir, loop_cfg["launch_id"])
         logger = RunLogger(run_dir, cfg.cluster.metrics_port, restarts=starts - 1)
         if ckpt is not None:
-            print(f"[ganforge] resumed from {ckpt} at step {step}", flush=True)
-
-    batches = iter(loader)
-    window, ckpt_seconds, max_steps = Window(), None, cfg.train.max_steps
-    saved_step = step
-    lr_g, lr_d = gan.lr()
+            print(f"[ganforge] resumed from {ckpt} at step {prog.step}", flush=True)
     try:
-        while step < max_steps:
-            t0, wait0 = time.perf_counter(), loader.wait_seconds
-            try:
-                for _ in range(n_critic):
-                    images, labels = next(batches)
-                    stats = gan.critic_step(images, labels)
-                    window.add("loss_d", stats.loss_d)
-                    window.add("gp", stats.gp)
-                    window.add("grad_norm", stats.grad_norm)
-            except StopIteration:  # one-pass data (resample: false) ran out, equally on all ranks
-                break
-            window.add("loss_g", gan.generator_step())
-            step += 1
-            images_seen += n_critic * micro * world
-            window.steps += 1
-            window.seconds += time.perf_counter() - t0
-            window.wait += loader.wait_seconds - wait0
-            window.images += n_critic * micro * world
-
-            final = step == max_steps
-            is_log = step % cfg.train.log_every == 0 or final
-            is_ckpt = step % cfg.train.checkpoint_every == 0 or final
-            if logger and (step % cfg.train.sample_every == 0 or final):
-                logger.samples(gan.ema.module, step, cfg.model.z_dim, gan.g.num_classes, device)
-            if not (is_log or is_ckpt):
-                continue
-            metrics = _mean_over_ranks(window) | {
-                "step": step,
-                "images_seen": images_seen,
-                "images_per_s": window.images / max(window.seconds, 1e-9),
-                "step_time_s": window.seconds / max(window.steps, 1),
-                "lr_g": lr_g,
-                "lr_d": lr_d,
-                "checkpoint_s": ckpt_seconds,
-            }
-            if logger:
-                logger.log({k: v for k, v in metrics.items() if v is not None})
-            report = {k: v for k, v in metrics.items() if v is not None}
-            if is_ckpt:
-                ckpt_seconds = save_and_report(gan, step, images_seen, loop_cfg["classes"], report)
-                saved_step = step
-                if logger:
-                    logger.gauge(checkpoint_seconds=ckpt_seconds)
-            else:
-                ray.train.report(report)
-            window = Window()
-        if saved_step < step:  # one-pass data ran out: keep what was learned
-            save_and_report(
-                gan,
-                step,
-                images_seen,
-                loop_cfg["classes"],
-                {"step": step, "images_seen": images_seen, "data_exhausted": 1},
-            )
+        train(gan, loader, logger, cfg, loop_cfg["classes"], prog)
     finally:
         if logger:
             logger.close()

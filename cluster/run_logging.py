@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from ganforge.cluster.noise import fixed_sample_noise
 
+from ganforge.cluster.noise import fixed_sample_noise
 from ganforge.images import save_grid
 
 PROM_GAUGES = {
@@ -39,8 +39,17 @@ class PrometheusExporter:
         }
         self.server, self.thread = start_http_server(port, registry=self.registry)
 
+    # metrics.jsonl key -> gauge name where they differ
+    RENAMES = {
+        "images_per_s": "images_per_second",
+        "input_wait_frac": "input_wait_fraction",
+        "step_time_s": "step_seconds",
+        "checkpoint_s": "checkpoint_seconds",
+    }
+
     def set(self, values: dict[str, Any]) -> None:
         for k, v in values.items():
+            k = self.RENAMES.get(k, k)
             if k in self.gauges and v is not None:
                 self.gauges[k].set(float(v))
 

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import torch
+from torch import nn
+
 from ganforge.models.generator import num_blocks
 from ganforge.models.layers import dcgan_init, make_norm
-from torch import nn
 
 
 class Discriminator(nn.Module):

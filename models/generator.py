@@ -5,8 +5,9 @@ from __future__ import annotations
 import math
 
 import torch
-from ganforge.models.layers import KernelConvTranspose2d, dcgan_init
 from torch import nn
+
+from ganforge.models.layers import KernelConvTranspose2d, dcgan_init
 
 
 def num_blocks(resolution: int) -> int:

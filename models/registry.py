@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ganforge.models.discriminator import Discriminator
-from ganforge.models.generator import Generator
 from torch import nn
 
 from ganforge.config import LossConfig, ModelConfig
+from ganforge.models.discriminator import Discriminator
+from ganforge.models.generator import Generator
 
 
 @dataclass(frozen=True)

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from ganforge.models import VARIANTS, check_recipe
 
 from ganforge.config import ConfigError, load_config, parse_override, resolve_config_path
+from ganforge.models import VARIANTS, check_recipe
 
 
 @pytest.mark.parametrize("name", ["dcgan", "cdcgan", "wgan", "wgan-gp", "cwgan-gp", "demo"])

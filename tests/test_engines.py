@@ -8,10 +8,10 @@ import socket
 import pytest
 import torch
 import torch.distributed as dist
-from ganforge.cluster.engines import GANEngines
-from ganforge.models import VARIANTS
 
+from ganforge.cluster.engines import GANEngines
 from ganforge.config import GanforgeConfig, load_config, resolve_config_path
+from ganforge.models import VARIANTS
 
 
 def _free_port() -> int:

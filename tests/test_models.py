@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from ganforge.models import VARIANTS, build_discriminator, build_generator
 
 from ganforge.config import ModelConfig
+from ganforge.models import VARIANTS, build_discriminator, build_generator
 
 
 @pytest.mark.parametrize("variant", sorted(VARIANTS))

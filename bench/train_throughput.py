@@ -1,0 +1,177 @@
+"""Training throughput: `ganforge train` (Ray + DeepSpeed, 1 worker) vs a plain PyTorch loop.
+
+Both run the same models, batch, data loader and number of threads; the difference is the
+overhead of Ray Train + DeepSpeed engines. Throughput = real images through the critic per
+second (n_critic batches per generator step). Prints JSON.
+
+    python bench/train_throughput.py --data DIR --steps 60 --variants dcgan wgan-gp
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from bench.common import environment
+from ganforge.config import GanforgeConfig, load_config, resolve_config_path
+
+
+def _config(
+    variant: str, data: str | None, steps: int, batch: int, threads: int, run_dir: str
+) -> GanforgeConfig:
+    return load_config(
+        resolve_config_path(variant),
+        {
+            "data.urls": data,
+            "train.max_steps": steps,
+            "train.micro_batch": batch,
+            "train.log_every": max(1, steps // 6),
+            "train.sample_every": 10**6,
+            "train.checkpoint_every": 10**6,
+            "cluster.cpus_per_worker": threads,
+            "run_dir": run_dir,
+            "data.num_workers": 1,
+        },
+    )
+
+
+def plain_pytorch(cfg: GanforgeConfig, urls: list[str], warmup: int) -> float:
+    """The reference: same models/losses/penalty, torch optimizers, no Ray, no DeepSpeed."""
+    from ganforge.cluster.data import build_loader
+    from ganforge.kernels import gradient_penalty
+    from ganforge.models import build_discriminator, build_generator, get_variant
+    from ganforge.models.losses import d_loss, g_loss
+
+    torch.set_num_threads(cfg.cluster.cpus_per_worker)
+    torch.manual_seed(0)
+    spec = get_variant(cfg.model.variant)
+    g, d = build_generator(cfg.model), build_discriminator(cfg.model)
+    opt = {"adam": torch.optim.Adam, "rmsprop": torch.optim.RMSprop}
+    kw_g = {"betas": cfg.optim_g.betas} if cfg.optim_g.name == "adam" else {}
+    kw_d = {"betas": cfg.optim_d.betas} if cfg.optim_d.name == "adam" else {}
+    opt_g = opt[cfg.optim_g.name](g.parameters(), lr=cfg.optim_g.lr, **kw_g)
+    opt_d = opt[cfg.optim_d.name](d.parameters(), lr=cfg.optim_d.lr, **kw_d)
+    loader = build_loader(
+        urls,
+        cfg.data,
+        cfg.train.micro_batch,
+        cfg.model.resolution,
+        cfg.model.channels,
+        0,
+        1,
+        0,
+        0,
+        False,
+    )
+    batches, b = iter(loader), cfg.train.micro_batch
+    ncls = g.num_classes
+
+    def labels():
+        return torch.randint(0, ncls, (b,)) if spec.conditional else None
+
+    t0, n_images = None, 0
+    for step in range(cfg.train.max_steps):
+        if step == warmup:
+            t0, n_images = time.perf_counter(), 0
+        for _ in range(cfg.loss.n_critic):
+            real, y = next(batches)
+            y = y if spec.conditional else None
+            yf = labels()
+            with torch.no_grad():
+                fake = g(torch.randn(b, cfg.model.z_dim), yf)
+            loss = d_loss(cfg.loss.kind, d(real, y), d(fake, yf))
+            if cfg.loss.gp_lambda > 0:
+                loss = (
+                    loss
+                    + gradient_penalty(
+                        lambda x, y=y: d(x, y), real, fake, cfg.loss.gp_lambda, backend="torch"
+                    )[0]
+                )
+            opt_d.zero_grad(set_to_none=True)
+            loss.backward()
+            opt_d.step()
+            if cfg.loss.clip_value:
+                with torch.no_grad():
+                    for p in d.parameters():
+                        p.clamp_(-cfg.loss.clip_value, cfg.loss.clip_value)
+            n_images += b
+        yf = labels()
+        for p in d.parameters():
+            p.requires_grad_(False)
+        lg = g_loss(cfg.loss.kind, d(g(torch.randn(b, cfg.model.z_dim), yf), yf))
+        opt_g.zero_grad(set_to_none=True)
+        lg.backward()
+        opt_g.step()
+        for p in d.parameters():
+            p.requires_grad_(True)
+    return n_images / (time.perf_counter() - t0)
+
+
+def ganforge_train(cfg: GanforgeConfig) -> float:
+    """Through `run_training` (Ray Train + DeepSpeed); images/s from metrics.jsonl, warm-up
+    window excluded."""
+    from ganforge.cluster.launch import run_training
+
+    run = run_training(cfg, resume=False, show_progress=False)
+    recs = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    rates = [r["images_per_s"] for r in recs[1:]]  # first window holds compile/warm-up
+    return statistics.median(rates)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", default=None, help="shards (default: the embedded demo subset)")
+    ap.add_argument(
+        "--variants", nargs="+", default=["dcgan", "cdcgan", "wgan", "wgan-gp", "cwgan-gp"]
+    )
+    ap.add_argument("--steps", type=int, default=60, help="generator steps per measurement")
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--threads", type=int, default=2, help="torch threads (= CPUs per worker)")
+    ap.add_argument("--out", default=None, help="also write the JSON here")
+    args = ap.parse_args()
+
+    import ray
+
+    from ganforge.cluster.data import resolve_data
+
+    ray.init(num_cpus=args.threads, logging_level="ERROR", log_to_driver=False)
+    results = []
+    for variant in args.variants:
+        with tempfile.TemporaryDirectory() as tmp:
+            cfg = _config(variant, args.data, args.steps, args.batch, args.threads, tmp + "/run")
+            urls, manifest = resolve_data(cfg.data)
+            if manifest and cfg.model.num_classes == 0:
+                cfg.model.num_classes = len(manifest["classes"])
+            plain = plain_pytorch(cfg.model_copy(deep=True), urls, warmup=args.steps // 6)
+            ours = ganforge_train(cfg)
+        row = {
+            "variant": variant,
+            "plain_pytorch_img_s": round(plain, 1),
+            "ganforge_img_s": round(ours, 1),
+            "overhead": round(1 - ours / plain, 4),
+        }
+        print(json.dumps(row), flush=True)
+        results.append(row)
+    out = {
+        "benchmark": "train_throughput",
+        **environment(),
+        "batch": args.batch,
+        "threads": args.threads,
+        "steps": args.steps,
+        "results": results,
+        "goal": "Ray + DeepSpeed overhead <= 10% on CPU (1 worker, batch 64, 32x32)",
+    }
+    text = json.dumps(out, indent=1)
+    print(text)
+    if args.out:
+        Path(args.out).write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,184 @@
+"""Multi-worker data parallelism, fault tolerance and training metrics on a real local Ray
+cluster (2 CPU workers, gloo). Marked slow; CI runs them."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+import urllib.request
+
+import pytest
+import torch
+
+from ganforge.checkpoint import list_checkpoints, verify
+from ganforge.cluster.launch import run_training
+from tests.train_helpers import pack, tiny_config
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    # 4 classes x 16 = 64 images in 8 shards of 8 = one micro-batch per shard.
+    return pack(tmp_path_factory.mktemp("data"), shard_size=8)
+
+
+def _final_weights(run):
+    return torch.load(list_checkpoints(run / "checkpoints")[0][1] / "weights.pt", weights_only=True)
+
+
+def test_two_workers_match_one_worker_with_twice_the_batch(shards, tmp_path, ray_cluster):
+    """Same global batch, same noise, same data: equal weights within float tolerance.
+    One-pass data in shard order (no shuffle, no flip) and BatchNorm synchronised across
+    ranks make the two runs the same computation up to all-reduce summation order."""
+    common = {
+        "data.resample": False,
+        "data.shuffle_buffer": 0,
+        "data.hflip": False,
+        "train.sync_batchnorm": True,
+        "train.max_steps": 3,
+        "model.variant": "dcgan",
+    }
+    two = run_training(
+        tiny_config(
+            "dcgan",
+            shards,
+            tmp_path / "two",
+            **common,
+            **{"cluster.num_workers": 2, "train.micro_batch": 8},
+        ),
+        show_progress=False,
+    )
+    one = run_training(
+        tiny_config(
+            "dcgan",
+            shards,
+            tmp_path / "one",
+            **common,
+            **{"cluster.num_workers": 1, "train.micro_batch": 16, "cluster.cpus_per_worker": 2},
+        ),
+        show_progress=False,
+    )
+    a, b = _final_weights(two), _final_weights(one)
+    for part in ("generator", "discriminator"):
+        for k in a[part]:
+            torch.testing.assert_close(
+                a[part][k].float(),
+                b[part][k].float(),
+                rtol=1e-4,
+                atol=1e-5,
+                msg=lambda m, k=k: f"{part}.{k}: {m}",
+            )
+    assert verify(list_checkpoints(two / "checkpoints")[0][1])["images_seen"] == 3 * 16
+
+
+def _kill_rank0_after_first_checkpoint(run_dir, killed: list):
+    deadline = time.time() + 240
+    while time.time() < deadline and not killed:
+        if list_checkpoints(run_dir / "checkpoints") and (run_dir / "pids" / "rank-0").exists():
+            pid = int((run_dir / "pids" / "rank-0").read_text())
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+            return
+        time.sleep(0.2)
+
+
+def test_killed_worker_restarts_from_checkpoint_and_finishes(shards, tmp_path, ray_cluster):
+    cfg = tiny_config(
+        "wgan-gp",
+        shards,
+        tmp_path / "k",
+        **{
+            "cluster.num_workers": 2,
+            "train.max_steps": 8,
+            "train.checkpoint_every": 2,
+            "cluster.max_failures": 3,
+        },
+    )
+    killed: list[int] = []
+    watcher = threading.Thread(
+        target=_kill_rank0_after_first_checkpoint, args=(tmp_path / "k", killed), daemon=True
+    )
+    watcher.start()
+    run = run_training(cfg, show_progress=False)
+    watcher.join(timeout=1)
+    assert killed, "the worker was never killed (no checkpoint appeared)"
+    meta = verify(list_checkpoints(run / "checkpoints")[0][1])
+    assert meta["step"] == 8
+    assert meta["images_seen"] == 8 * 5 * 8 * 2  # steps x n_critic x micro x workers
+    steps = [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps[-1] == 8
+    starts = [int(p.read_text()) for p in (run / ".launches").iterdir()]
+    assert starts == [2], "the worker group should have started twice (one restart)"
+
+
+def test_corrupt_latest_checkpoint_is_skipped(shards, tmp_path, ray_cluster):
+    run = run_training(
+        tiny_config("dcgan", shards, tmp_path / "c", **{"train.max_steps": 4}), show_progress=False
+    )
+    newest = list_checkpoints(run / "checkpoints")[0][1]
+    (newest / "weights.pt").write_bytes(b"garbage")
+    resumed = run_training(
+        tiny_config("dcgan", shards, tmp_path / "c", **{"train.max_steps": 5}), show_progress=False
+    )
+    out = (resumed / "metrics.jsonl").read_text().splitlines()
+    steps_after = [json.loads(x)["step"] for x in out][4:]
+    assert steps_after[0] == 3, "should resume from step 2 (step 4 is corrupt), logging step 3"
+
+
+def test_prometheus_metrics_on_rank0(shards, tmp_path, ray_cluster):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from tests.test_engines import _free_port
+
+    port = _free_port()
+    cfg = tiny_config(
+        "dcgan",
+        shards,
+        tmp_path / "p",
+        **{"train.max_steps": 400, "cluster.metrics_port": port, "train.checkpoint_every": 1000},
+    )
+    t = threading.Thread(
+        target=run_training, args=(cfg,), kwargs={"show_progress": False}, daemon=True
+    )
+    t.start()
+    samples = {}
+    deadline = time.time() + 180
+    while time.time() < deadline:
+        try:
+            body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read()
+        except OSError:
+            time.sleep(0.5)
+            continue
+        samples = {
+            s.name: s.value
+            for f in text_string_to_metric_families(body.decode())
+            for s in f.samples
+        }
+        if samples.get("ganforge_train_step", 0) >= 2:
+            break
+        time.sleep(0.5)
+    t.join(timeout=300)
+    assert samples.get("ganforge_train_step", 0) >= 2, samples
+    for name in (
+        "ganforge_train_images_seen",
+        "ganforge_train_images_per_second",
+        "ganforge_train_loss_d",
+        "ganforge_train_loss_g",
+        "ganforge_train_input_wait_fraction",
+        "ganforge_train_restarts",
+    ):
+        assert name in samples, name
+    assert samples["ganforge_train_images_seen"] == samples["ganforge_train_step"] * 8

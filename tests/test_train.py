@@ -1,0 +1,97 @@
+"""`ganforge train` end to end on a real local Ray cluster with real DeepSpeed engines."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from ganforge.checkpoint import list_checkpoints, load_model, verify
+from ganforge.cluster.launch import run_training
+from ganforge.config import ConfigError
+from ganforge.models import VARIANTS
+from tests.train_helpers import pack, tiny_config
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    return pack(tmp_path_factory.mktemp("data"))
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_variant_trains_and_writes_the_run_dir(variant, shards, tmp_path, ray_cluster):
+    run = run_training(tiny_config(variant, shards, tmp_path / "run"), show_progress=False)
+    assert (run / "config.yaml").is_file()
+    ckpts = list_checkpoints(run / "checkpoints")
+    assert [s for s, _ in ckpts] == [3, 2]
+    meta = verify(ckpts[0][1])
+    cfg = load_model(run).config
+    assert meta["images_seen"] == 3 * cfg.loss.n_critic * cfg.train.micro_batch
+    assert sorted(p.name for p in (run / "samples").glob("*.png")) == [
+        "step-000002.png",
+        "step-000003.png",
+    ]
+    records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2, 3]
+    for key in ("images_seen", "loss_d", "loss_g", "images_per_s", "input_wait_frac", "lr_g"):
+        assert key in records[-1], key
+    assert ("gp" in records[-1]) == VARIANTS[variant].needs_gp
+    assert all(torch.isfinite(torch.tensor(r["loss_d"])) for r in records)
+    assert list((run / "tensorboard").glob("events.out.tfevents.*"))
+    loaded = load_model(run)
+    if VARIANTS[variant].conditional:
+        assert loaded.classes == ["class0", "class1", "class2", "class3"]
+
+
+def test_resume_is_bitwise_identical(shards, tmp_path, ray_cluster):
+    straight = run_training(
+        tiny_config("cwgan-gp", shards, tmp_path / "a", **{"train.max_steps": 4}),
+        show_progress=False,
+    )
+    half = tiny_config("cwgan-gp", shards, tmp_path / "b", **{"train.max_steps": 2})
+    run_training(half, show_progress=False)
+    resumed = run_training(
+        tiny_config("cwgan-gp", shards, tmp_path / "b", **{"train.max_steps": 4}),
+        resume=True,
+        show_progress=False,
+    )
+    a = torch.load(
+        list_checkpoints(straight / "checkpoints")[0][1] / "weights.pt", weights_only=True
+    )
+    b = torch.load(
+        list_checkpoints(resumed / "checkpoints")[0][1] / "weights.pt", weights_only=True
+    )
+    for part in ("generator", "generator_ema", "discriminator"):
+        for k in a[part]:
+            assert torch.equal(a[part][k], b[part][k]), f"{part}.{k} differs after resume"
+
+
+def test_errors_are_raised_before_workers_start(shards, tmp_path):
+    with pytest.raises(ConfigError, match="registered variants"):
+        run_training(tiny_config("dcgan", shards, tmp_path / "r", **{"model.variant": "xgan"}))
+    with pytest.raises(ConfigError, match="64|resolution|size"):
+        run_training(tiny_config("dcgan", shards, tmp_path / "r", **{"model.resolution": 64}))
+    with pytest.raises(ConfigError, match="channels"):
+        run_training(tiny_config("dcgan", shards, tmp_path / "r", **{"model.channels": 1}))
+    with pytest.raises(ConfigError):
+        run_training(tiny_config("dcgan", tmp_path / "nowhere", tmp_path / "r"))
+
+
+def test_run_dir_of_another_config_is_refused(shards, tmp_path, ray_cluster):
+    run_training(
+        tiny_config("dcgan", shards, tmp_path / "r", **{"train.max_steps": 1}), show_progress=False
+    )
+    with pytest.raises(ConfigError, match="different config.*model.variant"):
+        run_training(tiny_config("wgan-gp", shards, tmp_path / "r"))
+    with pytest.raises(ConfigError, match="--resume"):
+        run_training(tiny_config("dcgan", shards, tmp_path / "r"), resume=False)
