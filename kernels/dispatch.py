@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+
 from ganforge.kernels import reference as ref
 
 BACKENDS = ("auto", "torch", "triton")

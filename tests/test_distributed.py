@@ -79,7 +79,7 @@ def test_two_workers_match_one_worker_with_twice_the_batch(shards, tmp_path, ray
                 b[part][k].float(),
                 rtol=1e-4,
                 atol=1e-5,
-                msg=lambda m, k=k: f"{part}.{k}: {m}",
+                msg=lambda m, k=k, part=part: f"{part}.{k}: {m}",
             )
     assert verify(list_checkpoints(two / "checkpoints")[0][1])["images_seen"] == 3 * 16
 
