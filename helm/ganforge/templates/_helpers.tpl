@@ -1,0 +1,240 @@
+{{/* Names: KubeRay appends suffixes to these, so keep them short. */}}
+{{- define "ganforge.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 40 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "ganforge.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 40 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 40 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 40 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "ganforge.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "ganforge.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "ganforge.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 }}
+{{ include "ganforge.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end -}}
+
+{{- define "ganforge.image" -}}
+{{- printf "%s:%s" .Values.image.repository .Values.image.tag -}}
+{{- end -}}
+
+{{- define "ganforge.storageClaim" -}}
+{{- default (printf "%s-runs" (include "ganforge.fullname" .)) .Values.storage.existingClaim -}}
+{{- end -}}
+
+{{/* POSIX shell quoting: 'it'\''s' survives any character, spaces and braces included. */}}
+{{- define "ganforge.shq" -}}
+'{{ replace "'" "'\\''" (toString .) }}'
+{{- end -}}
+
+{{/* Nested config map -> `--set a.b=<json>` args; JSON scalars are valid YAML for ganforge. */}}
+{{- define "ganforge.setArgs" -}}
+{{- $prefix := .prefix -}}
+{{- range $k, $v := .value -}}
+{{- $key := ternary $k (printf "%s.%s" $prefix $k) (eq $prefix "") -}}
+{{- if kindIs "map" $v -}}
+{{- include "ganforge.setArgs" (dict "prefix" $key "value" $v) -}}
+{{- else -}}
+{{- printf " --set %s" (include "ganforge.shq" (printf "%s=%s" $key (toJson $v))) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Pod-level security context shared by every pod. */}}
+{{- define "ganforge.podSecurityContext" -}}
+runAsNonRoot: true
+runAsUser: {{ .Values.security.runAsUser }}
+runAsGroup: {{ .Values.security.runAsGroup }}
+fsGroup: {{ .Values.security.fsGroup }}
+seccompProfile:
+  type: RuntimeDefault
+{{- end -}}
+
+{{/* Container-level security context shared by every container. */}}
+{{- define "ganforge.containerSecurityContext" -}}
+runAsNonRoot: true
+runAsUser: {{ .Values.security.runAsUser }}
+allowPrivilegeEscalation: false
+readOnlyRootFilesystem: {{ .Values.security.readOnlyRootFilesystem }}
+capabilities:
+  drop: [ALL]
+seccompProfile:
+  type: RuntimeDefault
+{{- end -}}
+
+{{/* Environment of every Ray container: writable caches under /tmp (read-only root fs). */}}
+{{- define "ganforge.env" -}}
+- name: HOME
+  value: /tmp
+- name: XDG_CACHE_HOME
+  value: /tmp/.cache
+- name: TRITON_CACHE_DIR
+  value: /tmp/.triton
+- name: TORCHINDUCTOR_CACHE_DIR
+  value: /tmp/.torchinductor
+- name: MPLCONFIGDIR
+  value: /tmp/.matplotlib
+{{- range $k, $v := .Values.objectStore.env }}
+- name: {{ $k }}
+  value: {{ toString $v | quote }}
+{{- end }}
+{{- end -}}
+
+{{/* Object-store credentials: every key of an existing Secret becomes an env var. */}}
+{{- define "ganforge.envFrom" -}}
+envFrom:
+  - secretRef:
+      name: {{ .Values.objectStore.credentialsSecret }}
+{{- end -}}
+
+{{/* Volumes of a Ray pod. Args: dict "root" $ "component" "train"|"serve". */}}
+{{- define "ganforge.volumes" -}}
+{{- $v := .root.Values -}}
+- name: tmp
+  emptyDir:
+    sizeLimit: {{ $v.security.tmpSizeLimit }}
+- name: dshm
+  emptyDir:
+    medium: Memory
+    sizeLimit: {{ $v.security.shmSizeLimit }}
+- name: runs
+  persistentVolumeClaim:
+    claimName: {{ include "ganforge.storageClaim" .root }}
+    readOnly: {{ eq .component "serve" }}
+{{- if and (eq .component "train") $v.data.claimName }}
+- name: shards
+  persistentVolumeClaim:
+    claimName: {{ $v.data.claimName }}
+    readOnly: true
+{{- end }}
+{{- if and (eq .component "train") .head (not $v.train.variant) }}
+- name: train-config
+  configMap:
+    name: {{ include "ganforge.fullname" .root }}-train
+{{- end }}
+{{- end -}}
+
+{{- define "ganforge.volumeMounts" -}}
+{{- $v := .root.Values -}}
+- name: tmp
+  mountPath: /tmp
+- name: dshm
+  mountPath: /dev/shm
+- name: runs
+  mountPath: {{ $v.storage.mountPath }}
+  readOnly: {{ eq .component "serve" }}
+{{- if and (eq .component "train") $v.data.claimName }}
+- name: shards
+  mountPath: {{ $v.data.mountPath }}
+  readOnly: true
+{{- end }}
+{{- if and (eq .component "train") .head (not $v.train.variant) }}
+- name: train-config
+  mountPath: /etc/ganforge
+  readOnly: true
+{{- end }}
+{{- end -}}
+
+{{/* Pod metadata of a Ray pod. Args: dict "root" $ "component" "train"|"serve". */}}
+{{- define "ganforge.podMetadata" -}}
+labels:
+  {{- include "ganforge.selectorLabels" .root | nindent 2 }}
+  app.kubernetes.io/component: {{ .component }}
+  {{- with .root.Values.podLabels }}
+  {{- toYaml . | nindent 2 }}
+  {{- end }}
+{{- with .root.Values.podAnnotations }}
+annotations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end -}}
+
+{{/* Container resources, adding whole GPUs to requests and limits when gpus > 0. */}}
+{{- define "ganforge.resources" -}}
+{{- $res := deepCopy .resources -}}
+{{- if gt (int .gpus) 0 -}}
+{{- $_ := set $res "requests" (merge (dict "nvidia.com/gpu" (int .gpus)) ($res.requests | default dict)) -}}
+{{- $_ := set $res "limits" (merge (dict "nvidia.com/gpu" (int .gpus)) ($res.limits | default dict)) -}}
+{{- end -}}
+{{- toYaml $res -}}
+{{- end -}}
+
+{{/* Ports of a Ray head; `metrics` (8080) is Ray's metrics export, scraped by PodMonitors. */}}
+{{- define "ganforge.headPorts" -}}
+- {name: gcs-server, containerPort: 6379}
+- {name: dashboard, containerPort: 8265}
+- {name: client, containerPort: 10001}
+- {name: metrics, containerPort: 8080}
+{{- end -}}
+
+{{- define "ganforge.rayAuth" -}}
+authOptions:
+  mode: {{ .Values.rayAuth.mode }}
+  {{- with .Values.rayAuth.secretName }}
+  secretName: {{ . }}
+  {{- end }}
+{{- end -}}
+
+{{/*
+The pod template of a Ray head or worker. Args: dict
+  root: $, component: "train"|"serve", head: bool, group: values with resources/nodeSelector/
+  tolerations, gpus: int, ports: list of {name, containerPort}.
+*/}}
+{{- define "ganforge.rayPodTemplate" -}}
+{{- $root := .root -}}
+{{- $v := $root.Values -}}
+metadata:
+  {{- include "ganforge.podMetadata" (dict "root" $root "component" .component) | nindent 2 }}
+spec:
+  securityContext:
+    {{- include "ganforge.podSecurityContext" $root | nindent 4 }}
+  {{- with $v.imagePullSecrets }}
+  imagePullSecrets:
+    {{- range . }}
+    - name: {{ . }}
+    {{- end }}
+  {{- end }}
+  {{- with .group.nodeSelector }}
+  nodeSelector:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  {{- with .group.tolerations }}
+  tolerations:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  volumes:
+    {{- include "ganforge.volumes" . | nindent 4 }}
+  containers:
+    - name: {{ ternary "ray-head" "ray-worker" .head }}
+      image: {{ include "ganforge.image" $root }}
+      imagePullPolicy: {{ $v.image.pullPolicy }}
+      ports:
+        {{- range .ports }}
+        - {name: {{ .name }}, containerPort: {{ .containerPort }}}
+        {{- end }}
+      env:
+        {{- include "ganforge.env" $root | nindent 8 }}
+      {{- if $v.objectStore.credentialsSecret }}
+      {{- include "ganforge.envFrom" $root | nindent 6 }}
+      {{- end }}
+      resources:
+        {{- include "ganforge.resources" (dict "resources" .group.resources "gpus" .gpus) | nindent 8 }}
+      securityContext:
+        {{- include "ganforge.containerSecurityContext" $root | nindent 8 }}
+      volumeMounts:
+        {{- include "ganforge.volumeMounts" . | nindent 8 }}
+{{- end -}}
