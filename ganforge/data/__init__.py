@@ -14,7 +14,9 @@ def demo_archive() -> Path:
     """The CIFAR-10 subset shipped in the package (`ganforge/demo_data/cifar10-demo.tar.gz`)."""
     path = Path(__file__).resolve().parent.parent / "demo_data" / DEMO_ARCHIVE
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: demo archive missing (rebuild: scripts/make_demo_data.sh)")
+        raise FileNotFoundError(
+            f"{path}: demo archive missing (rebuild: scripts/make_demo_data.sh)"
+        )
     return path
 
 

@@ -1,0 +1,319 @@
+"""The ganforge Ray Serve application: one FastAPI ingress deployment holding the generators.
+
+Import path for `serve run` / `serve deploy` / the Helm chart's RayService:
+`ganforge.serve.app:build_app` with the arguments of `AppArgs`.
+
+One deployment (not ingress + model deployments): on CPU the per-request hop between actors
+costs more than a generator forward pass, so parsing, batching, inference and encoding share a
+replica. Requests are split into chunks of at most `max_batch_size` images; `@serve.batch`
+merges chunks of concurrent requests (counted in images) into one forward pass per model.
+"""
+
+# No `from __future__ import annotations`: FastAPI must see real types on the ingress methods.
+import asyncio
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from fastapi import FastAPI, File, Form, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from pydantic import ValidationError
+from ray import serve
+from ray.serve.config import AutoscalingConfig, BackpressureConfig
+
+from ganforge.serve import codecs
+from ganforge.serve.metrics import get_metrics
+from ganforge.serve.middleware import RequestMetricsMiddleware
+from ganforge.serve.model_pool import ModelPool
+from ganforge.serve.schemas import (
+    ApiError,
+    AppArgs,
+    GenerateRequest,
+    GenerateResponse,
+    ModelsResponse,
+    Score,
+    ScoreResponse,
+    format_errors,
+)
+
+log = logging.getLogger("ganforge.serve")
+STATIC = Path(__file__).parent / "static"
+SCORE_CAVEAT = (
+    "A discriminator/critic score is relative: it says how much this model's critic, trained "
+    "against this generator, finds an image like its training data. It is not a calibrated "
+    "deepfake detector; compare scores from the same model only."
+)
+
+fastapi_app = FastAPI(
+    title="ganforge",
+    description="Generate images with trained GANs and score images with their critics.",
+    version="1",
+)
+fastapi_app.add_middleware(RequestMetricsMiddleware)
+
+
+@fastapi_app.exception_handler(ApiError)
+async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
+    return JSONResponse({"detail": exc.message}, status_code=exc.status)
+
+
+@fastapi_app.exception_handler(RequestValidationError)
+async def _invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+    errors = list(exc.errors())
+    for e in errors:  # say why the JSON did not parse, not only that it did not
+        if e.get("type") == "json_invalid":
+            pos = e.get("loc", ("body", "?"))[-1]
+            reason = (e.get("ctx") or {}).get("error", "cannot parse")
+            e.update(loc=("body",), input=None, msg=f"malformed JSON at character {pos}: {reason}")
+    return JSONResponse({"detail": format_errors(errors)}, status_code=422)
+
+
+@dataclass
+class Chunk:
+    """At most `max_batch_size` images of one request, latents already drawn."""
+
+    model: str
+    z: torch.Tensor
+    labels: torch.Tensor | None
+
+
+def _images_in(chunks: list[Chunk]) -> int:
+    return sum(len(c.z) for c in chunks)
+
+
+@serve.deployment(name="ganforge")
+@serve.ingress(fastapi_app)
+class GanforgeServer:
+    """Holds every served model; routes parse, `_run_batch` infers, codecs encode."""
+
+    def __init__(self, args: dict[str, Any]):
+        self.args = AppArgs.model_validate(args)
+        device = "cuda" if self.args.gpu and torch.cuda.is_available() else "cpu"
+        if device == "cpu":
+            torch.set_num_threads(max(1, int(self.args.num_cpus)))
+        self.pool = ModelPool(self.args.models, device, warmup_batch=self.args.max_batch_size)
+        self._run_batch.set_max_batch_size(self.args.max_batch_size)
+        self._run_batch.set_batch_wait_timeout_s(self.args.batch_wait_timeout_s)
+        fastapi_app.state.max_body_bytes = self.args.max_upload_bytes
+        self.metrics = get_metrics()
+        for name, m in self.pool.models.items():
+            self.metrics.load_time.set(m.load_time_s, tags={"model": name})
+        self._failure: str | None = None
+
+    def _model_label(self, name: str) -> str:
+        # Bounded metric label values: arbitrary names from clients become "unknown".
+        return name if name in self.pool.models else "unknown"
+
+    def check_health(self) -> None:
+        if self._failure:
+            raise RuntimeError(f"inference is failing: {self._failure}")
+
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.01, batch_size_fn=_images_in)
+    async def _run_batch(self, chunks: list[Chunk]) -> list[torch.Tensor]:
+        out: list[torch.Tensor | None] = [None] * len(chunks)
+        for name in dict.fromkeys(c.model for c in chunks):
+            idx = [i for i, c in enumerate(chunks) if c.model == name]
+            z = torch.cat([chunks[i].z for i in idx])
+            labels = (
+                None
+                if chunks[idx[0]].labels is None
+                else torch.cat([chunks[i].labels for i in idx])
+            )
+            t0 = time.perf_counter()
+            try:
+                # Inline on the event loop, like a bare Serve deployment: measured on 2 CPU cores,
+                # a worker thread (asyncio.to_thread) lost 10-30% throughput to contention.
+                images = self.pool.generate(name, z, labels)
+            except torch.OutOfMemoryError as e:
+                raise ApiError(503, f"out of memory while generating: {e}") from None
+            except Exception as e:
+                self._failure = repr(e)
+                raise
+            self.metrics.inference_latency.observe(
+                (time.perf_counter() - t0) * 1e3, tags={"model": name}
+            )
+            self.metrics.batch_size.observe(len(z), tags={"model": name})
+            for i, part in zip(idx, images.split([len(chunks[i].z) for i in idx]), strict=True):
+                out[i] = part
+        return out
+
+    @fastapi_app.get("/", include_in_schema=False)
+    async def index(self) -> HTMLResponse:
+        return HTMLResponse((STATIC / "index.html").read_text())
+
+    @fastapi_app.get("/healthz")
+    async def healthz(self) -> dict[str, Any]:
+        """Liveness: the replica is up and its models are loaded."""
+        self.check_health()
+        return {"status": "ok", "models": list(self.pool.models)}
+
+    @fastapi_app.get("/v1/models", response_model=ModelsResponse)
+    async def list_models(self) -> ModelsResponse:
+        """Every served model: variant, classes, resolution, training progress, quality."""
+        return ModelsResponse(models=[m.info() for m in self.pool.models.values()])
+
+    @fastapi_app.post(
+        "/v1/generate",
+        response_model=GenerateResponse,
+        responses={
+            200: {
+                "content": {"image/png": {}, "application/octet-stream": {}},
+                "description": "format=png: JSON; grid: one PNG; npy: uint8 [N, H, W, C].",
+            }
+        },
+    )
+    async def generate(self, body: GenerateRequest, request: Request) -> Response:
+        """Generate images; the same seed and request give the same images."""
+        request.state.model = self._model_label(body.model)
+        plan = self.pool.plan(body, self.args.max_images_per_request)
+        step, n = self.args.max_batch_size, len(plan.z)
+        parts = await asyncio.gather(
+            *(
+                self._run_batch(
+                    Chunk(
+                        body.model,
+                        plan.z[i : i + step],
+                        None if plan.labels is None else plan.labels[i : i + step],
+                    )
+                )
+                for i in range(0, n, step)
+            )
+        )
+        images = torch.cat(parts)
+        self._count_images(plan.model.name, plan.labels, plan.model.class_names, n)
+        labels = None if plan.labels is None else plan.labels.tolist()
+        headers = {"X-Ganforge-Seed": str(plan.seed)}
+        if labels is not None:
+            headers["X-Ganforge-Labels"] = ",".join(map(str, labels))
+        if body.format == "grid":
+            return Response(codecs.grid_png(images, body.nrow), 200, headers, "image/png")
+        if body.format == "npy":
+            return Response(codecs.npy_bytes(images), 200, headers, "application/octet-stream")
+        names = plan.model.class_names
+        # json.dumps of a plain dict: pydantic's round trip costs a visible share of a request.
+        resp = {
+            "model": body.model,
+            "seed": plan.seed,
+            "labels": labels,
+            "classes": None if labels is None else [names[i] for i in labels],
+            "width": images.shape[3],
+            "height": images.shape[2],
+            "channels": images.shape[1],
+            "images": codecs.png_list(images),
+        }
+        return Response(json.dumps(resp), 200, headers, "application/json")
+
+    def _count_images(
+        self, model: str, labels: torch.Tensor | None, names: list[str], n: int
+    ) -> None:
+        if labels is None:
+            self.metrics.images.inc(n, tags={"model": model, "class": "-"})
+            return
+        for idx, count in zip(*torch.unique(labels, return_counts=True), strict=True):
+            self.metrics.images.inc(int(count), tags={"model": model, "class": names[int(idx)]})
+
+    @fastapi_app.post("/v1/score", response_model=ScoreResponse)
+    async def score(
+        self,
+        request: Request,
+        model: str = Form(description="Served model name."),
+        files: list[UploadFile] = File(description="PNG or JPEG images (one or more)."),
+        label: str | None = Form(
+            None, description="Class name or index for conditional models (default: all)."
+        ),
+    ) -> ScoreResponse:
+        """Discriminator/critic score of uploaded images (relative; see the caveat)."""
+        request.state.model = self._model_label(model)
+        served = self.pool.get(model)
+        if len(files) > self.args.max_images_per_request:
+            raise ApiError(
+                413,
+                f"{len(files)} files uploaded; the limit is "
+                f"{self.args.max_images_per_request} per request",
+            )
+        m = served.loaded.config.model
+        decoded = [
+            codecs.decode_upload(await f.read(), f.filename, m.resolution, m.channels)
+            for f in files
+        ]
+        x = torch.stack([d[0] for d in decoded])
+        scores = await asyncio.to_thread(self._score, served, x, label)
+        return ScoreResponse(
+            model=model,
+            score_kind="logit" if served.loaded.config.loss.kind == "bce" else "critic",
+            scores=[
+                Score(filename=f.filename, resized=d[1], **s)
+                for f, d, s in zip(files, decoded, scores, strict=True)
+            ],
+            caveat=SCORE_CAVEAT,
+        )
+
+    def _score(self, served, x: torch.Tensor, label: str | None) -> list[dict[str, Any]]:
+        if not served.num_classes:
+            return [{"score": float(s)} for s in self.pool.score(served.name, x, None)]
+        if label is not None:
+            key: int | str = int(label) if label.strip().isdigit() else label
+            idx = served.class_index(key)
+            labels = torch.full((len(x),), idx, dtype=torch.long)
+            return [
+                {"score": float(s), "label": idx} for s in self.pool.score(served.name, x, labels)
+            ]
+        k = served.num_classes
+        # Every image under every class: [N*K] scores, reshaped to [N, K].
+        grid = self.pool.score(
+            served.name, x.repeat_interleave(k, 0), torch.arange(k).repeat(len(x))
+        ).reshape(len(x), k)
+        names = served.class_names
+        return [
+            {
+                "score": float(row.max()),
+                "label": int(row.argmax()),
+                "class_scores": {names[j]: float(row[j]) for j in range(k)},
+            }
+            for row in grid
+        ]
+
+
+def _deployment_options(a: AppArgs) -> dict[str, Any]:
+    opts: dict[str, Any] = {
+        "max_ongoing_requests": a.ongoing_requests,
+        "max_queued_requests": a.max_queued_requests,
+        "backpressure_config": BackpressureConfig(status_code=503, retry_after_s=a.retry_after_s),
+        "ray_actor_options": {"num_cpus": a.num_cpus, "num_gpus": 1 if a.gpu else 0},
+    }
+    if a.autoscaling is None:
+        opts["num_replicas"] = a.num_replicas
+    else:
+        opts["autoscaling_config"] = AutoscalingConfig(**a.autoscaling.model_dump())
+    return opts
+
+
+def parse_args(args: dict[str, Any] | None) -> AppArgs:
+    """Validate `build_app` arguments; a bad one raises ValueError naming the key."""
+    try:
+        return AppArgs.model_validate(args or {})
+    except ValidationError as e:
+        raise ValueError(format_errors(e, prefix="invalid ganforge serve arguments: ")) from None
+
+
+def build_app(args: dict[str, Any]) -> serve.Application:
+    """Application builder for `serve run ganforge.serve.app:build_app` and configs/serve.yaml.
+
+    Validates the arguments and (unless `validate_on_build: false`) loads every checkpoint once,
+    so a corrupt or mismatched one fails here with `CheckpointError` naming the model.
+    """
+    from ganforge.checkpoint import CheckpointError, load_model
+
+    a = parse_args(args)
+    if a.validate_on_build:
+        for name, path in a.models.items():
+            try:
+                load_model(path)
+            except CheckpointError as e:
+                raise CheckpointError(f"model {name!r}: {e}") from None
+    return GanforgeServer.options(**_deployment_options(a)).bind(a.model_dump(mode="json"))

@@ -1,0 +1,63 @@
+"""`ganforge_serve_*` Prometheus metrics, recorded with `ray.serve.metrics`.
+
+Ray's metrics agent exports them on each node's metrics export port with a `ray_` prefix (e.g.
+`ray_ganforge_serve_requests_total`); Serve adds `deployment`, `replica` and `application`
+labels. Created lazily inside the replica so those labels are filled in.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+LATENCY_MS = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 30000]
+BATCH_SIZES = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512]
+
+
+class ServeMetrics:
+    """The app's metrics; one instance per replica process (see `get_metrics`)."""
+
+    def __init__(self) -> None:
+        from ray.serve.metrics import Counter, Gauge, Histogram
+
+        self.requests = Counter(
+            "ganforge_serve_requests",
+            "HTTP requests answered by the ganforge app, by model, route and status code.",
+            tag_keys=("model", "route", "status"),
+        )
+        self.request_latency = Histogram(
+            "ganforge_serve_request_latency_ms",
+            "Time from request arrival at the replica to the response, in milliseconds.",
+            boundaries=LATENCY_MS,
+            tag_keys=("model", "route"),
+        )
+        self.inference_latency = Histogram(
+            "ganforge_serve_inference_latency_ms",
+            "Time of one batched generator forward pass, in milliseconds.",
+            boundaries=LATENCY_MS,
+            tag_keys=("model",),
+        )
+        self.batch_size = Histogram(
+            "ganforge_serve_batch_size",
+            "Images per generator forward pass (dynamic batching across requests).",
+            boundaries=BATCH_SIZES,
+            tag_keys=("model",),
+        )
+        self.images = Counter(
+            "ganforge_serve_images_generated",
+            "Images generated, by model and class ('-' for unconditional models).",
+            tag_keys=("model", "class"),
+        )
+        self.load_time = Gauge(
+            "ganforge_serve_model_load_seconds",
+            "Seconds to load, validate and warm up a model in this replica.",
+            tag_keys=("model",),
+        )
+        self.queue_depth = Gauge(
+            "ganforge_serve_queue_depth",
+            "Requests in progress or waiting inside this replica.",
+        )
+
+
+@lru_cache(maxsize=1)
+def get_metrics() -> ServeMetrics:
+    return ServeMetrics()

@@ -1,0 +1,193 @@
+"""The served models: loading, label resolution, latents, and plain generate/score calls.
+
+Nothing here knows about HTTP or Ray: the Serve deployment calls these methods, and tests can
+call them directly.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ganforge.checkpoint import LoadedModel, load_model
+from ganforge.serve.schemas import ApiError, GenerateRequest, ModelInfo
+
+log = logging.getLogger("ganforge.serve")
+
+
+def find_quality(loaded: LoadedModel) -> dict[str, Any] | None:
+    """Quality figures of a model: `<run_dir>/quality/metrics.json`, else the checkpoint's
+    `quality` meta key (a checkpoint dir sits at `<run_dir>/checkpoints/<name>`)."""
+    root = Path(loaded.path)
+    if root.parent.name == "checkpoints":
+        report = root.parent.parent / "quality" / "metrics.json"
+        if report.is_file():
+            try:
+                data = json.loads(report.read_text())
+                if isinstance(data, dict):
+                    return data
+            except (OSError, json.JSONDecodeError) as e:
+                log.warning("ignoring unreadable quality report %s: %s", report, e)
+    q = loaded.meta.get("quality")
+    return q if isinstance(q, dict) else None
+
+
+@dataclass
+class ServedModel:
+    """One loaded checkpoint plus what the API reports about it."""
+
+    name: str
+    loaded: LoadedModel
+    load_time_s: float
+    device: torch.device
+
+    @property
+    def generator(self) -> torch.nn.Module:
+        return self.loaded.generator
+
+    @property
+    def num_classes(self) -> int:
+        return int(getattr(self.generator, "num_classes", 0))
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.loaded.classes or [str(i) for i in range(self.num_classes)]
+
+    def info(self) -> ModelInfo:
+        m = self.loaded.config.model
+        return ModelInfo(
+            name=self.name,
+            variant=m.variant,
+            conditional=self.num_classes > 0,
+            classes=self.class_names if self.num_classes else [],
+            num_classes=self.num_classes,
+            resolution=m.resolution,
+            channels=m.channels,
+            z_dim=m.z_dim,
+            step=int(self.loaded.meta.get("step", 0)),
+            images_seen=int(self.loaded.meta.get("images_seen", 0)),
+            checkpoint=str(self.loaded.path),
+            load_time_s=round(self.load_time_s, 4),
+            quality=find_quality(self.loaded),
+        )
+
+    def class_index(self, label: int | str) -> int:
+        if isinstance(label, str):
+            try:
+                return self.class_names.index(label)
+            except ValueError:
+                raise ApiError(
+                    422,
+                    f"unknown class {label!r} for model {self.name!r}; classes: "
+                    f"{', '.join(self.class_names)}",
+                ) from None
+        if not 0 <= label < self.num_classes:
+            raise ApiError(
+                422,
+                f"class index {label} out of range for model {self.name!r} "
+                f"(0..{self.num_classes - 1})",
+            )
+        return label
+
+
+@dataclass
+class GenerationPlan:
+    """Everything a request's images depend on, drawn before batching: the batch a request
+    lands in cannot change its latents."""
+
+    model: ServedModel
+    seed: int
+    z: torch.Tensor  # [N, z_dim] float32 on CPU
+    labels: torch.Tensor | None  # [N] int64 on CPU, None for unconditional models
+
+
+def sample_latents(
+    n: int, z_dim: int, gen: torch.Generator, truncation: float | None
+) -> torch.Tensor:
+    """[n, z_dim] standard normal latents, truncated to [-t, t] for the truncation trick."""
+    z = torch.empty(n, z_dim)
+    if truncation is None:
+        return z.normal_(generator=gen)
+    # Inverse-CDF truncated normal: the same law as resampling |z| > t, in one pass.
+    return torch.nn.init.trunc_normal_(z, 0.0, 1.0, -truncation, truncation, generator=gen)
+
+
+class ModelPool:
+    """Loads every named checkpoint once (EMA generator + discriminator), warms it up."""
+
+    def __init__(self, paths: dict[str, str], device: str = "cpu", warmup_batch: int = 8):
+        self.device = torch.device(device)
+        self.models: dict[str, ServedModel] = {}
+        for name, path in paths.items():
+            t0 = time.perf_counter()
+            loaded = load_model(path, device=self.device)
+            model = self.models[name] = ServedModel(name, loaded, 0.0, self.device)
+            self._warm_up(model, warmup_batch)
+            model.load_time_s = time.perf_counter() - t0
+            log.info("loaded %s from %s in %.2fs", name, loaded.path, model.load_time_s)
+
+    def _warm_up(self, model: ServedModel, batch: int) -> None:
+        # The first forward passes pick kernels and allocate; do them before traffic arrives.
+        for n in {1, max(1, batch)}:
+            gen = torch.Generator().manual_seed(0)
+            z = sample_latents(n, model.generator.z_dim, gen, None)
+            labels = torch.zeros(n, dtype=torch.long) if model.num_classes else None
+            self.generate(model.name, z, labels)
+
+    def get(self, name: str) -> ServedModel:
+        try:
+            return self.models[name]
+        except KeyError:
+            raise ApiError(
+                404, f"unknown model {name!r}; served models: {', '.join(self.models)}"
+            ) from None
+
+    def plan(self, req: GenerateRequest, max_images: int) -> GenerationPlan:
+        """Validate a generate request against its model and draw its latents and labels."""
+        model = self.get(req.model)
+        given = None
+        if req.labels is not None:
+            count = len(req.labels)
+            if model.num_classes:
+                given = [model.class_index(x) for x in req.labels]
+        else:
+            count = 1 if req.count is None else req.count
+            if req.class_ is not None and model.num_classes:
+                given = [model.class_index(req.class_)] * count
+        if count > max_images:
+            raise ApiError(422, f"{count} images requested; the limit is {max_images} per request")
+        seed = req.seed
+        if seed is None:  # fresh entropy, reported back so the images can be reproduced
+            seed = int(np.random.SeedSequence().generate_state(1)[0])
+        gen = torch.Generator().manual_seed(seed)
+        # Fixed draw order (z first, then any random labels) keeps a seed's meaning stable.
+        z = sample_latents(count, model.generator.z_dim, gen, req.truncation)
+        labels = None
+        if model.num_classes:
+            labels = (
+                torch.tensor(given, dtype=torch.long)
+                if given is not None
+                else torch.randint(model.num_classes, (count,), generator=gen)
+            )
+        return GenerationPlan(model, seed, z, labels)
+
+    @torch.inference_mode()
+    def generate(self, name: str, z: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+        """z [N, z_dim] (+ labels [N] int64) -> images [N, C, H, W] float in [-1, 1] on CPU."""
+        model = self.get(name)
+        lab = labels.to(self.device) if labels is not None else None
+        return model.generator(z.to(self.device), lab).float().cpu()
+
+    @torch.inference_mode()
+    def score(self, name: str, images: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+        """images [N, C, H, W] float in [-1, 1] (+ labels [N]) -> discriminator scores [N]."""
+        model = self.get(name)
+        lab = labels.to(self.device) if labels is not None else None
+        return model.loaded.discriminator(images.to(self.device), lab).float().reshape(-1).cpu()

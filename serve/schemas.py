@@ -1,0 +1,207 @@
+"""Typed shapes of the serving app: its build arguments, request bodies and responses.
+
+The same pydantic models validate `build_app` arguments (CLI, `serve run`, the Helm chart's
+RayService) and document the HTTP API in FastAPI's OpenAPI page at `/docs`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+
+class ApiError(Exception):
+    """A request the app refuses, with the HTTP status and a message that says what is wrong."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status, self.message = status, message
+
+
+def format_errors(err: ValidationError | list[dict[str, Any]], prefix: str = "") -> str:
+    """One readable line per pydantic error: `field: message (got ...)`."""
+    errors = err.errors() if isinstance(err, ValidationError) else err
+    parts = []
+    for e in errors:
+        loc = ".".join(str(p) for p in e.get("loc", ()) if p != "body") or "body"
+        got = e.get("input")
+        shown = f" (got {got!r})" if got is not None and not isinstance(got, dict | list) else ""
+        parts.append(f"{loc}: {e.get('msg', 'invalid')}{shown}")
+    return prefix + "; ".join(parts)
+
+
+class _Strict(BaseModel):
+    # A typo in a key is an error, never a silently ignored option.
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+
+class AutoscalingArgs(_Strict):
+    min_replicas: int = Field(1, ge=0)
+    """Fewest replicas the autoscaler keeps."""
+    max_replicas: int = Field(2, ge=1)
+    """Most replicas the autoscaler starts."""
+    target_ongoing_requests: float = Field(32.0, gt=0)
+    """Ongoing requests per replica the autoscaler aims at (about one full batch)."""
+
+    @model_validator(mode="after")
+    def _order(self) -> AutoscalingArgs:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError("autoscaling.min_replicas must be <= autoscaling.max_replicas")
+        return self
+
+
+class AppArgs(_Strict):
+    """Arguments of `ganforge.serve.app:build_app` (also the `args:` of configs/serve.yaml)."""
+
+    models: dict[str, str] = Field(min_length=1)
+    """Served name -> run dir, checkpoints/ dir, checkpoint dir or weights.pt."""
+    max_batch_size: int = Field(32, ge=1, le=4096)
+    """Most images one generator forward pass takes (`@serve.batch`, counted in images)."""
+    batch_wait_timeout_s: float = Field(0.01, ge=0, le=10)
+    """How long a batch waits to fill after its first request."""
+    max_images_per_request: int = Field(64, ge=1, le=4096)
+    """Most images one /v1/generate or /v1/score request may ask for."""
+    max_upload_bytes: int = Field(1_048_576, ge=1024)
+    """Largest request body (uploads to /v1/score included); larger ones get 413."""
+    num_replicas: int = Field(1, ge=1)
+    """Replicas when autoscaling is off."""
+    autoscaling: AutoscalingArgs | None = None
+    """Autoscaling bounds; null = a fixed `num_replicas`."""
+    gpu: bool = False
+    """One GPU per replica (inference on CUDA)."""
+    num_cpus: float = Field(1.0, ge=0)
+    """CPUs reserved per replica (also its torch thread count on CPU)."""
+    max_ongoing_requests: int | None = Field(None, ge=1)
+    """Requests a replica holds at once; null = max(128, 2 x max_batch_size). Must be >=
+    max_batch_size or batches never fill. Keep it above the expected concurrent clients per
+    replica: requests beyond it wait in the proxy, whose retry back-off costs seconds."""
+    max_queued_requests: int = Field(256, ge=-1)
+    """Requests waiting at each proxy beyond the replicas' capacity; more get a fast 503 with
+    Retry-After (-1 = unbounded)."""
+    retry_after_s: float = Field(1.0, ge=0)
+    """Retry-After seconds sent with overload 503s."""
+    validate_on_build: bool = True
+    """Load every checkpoint once in `build_app` so a bad one fails before replicas start."""
+
+    @field_validator("models")
+    @classmethod
+    def _names(cls, v: dict[str, str]) -> dict[str, str]:
+        for name in v:
+            if not name or not all(c.isalnum() or c in "-_." for c in name):
+                raise ValueError(f"model name {name!r}: use letters, digits, '-', '_' or '.'")
+        return v
+
+    @model_validator(mode="after")
+    def _batching(self) -> AppArgs:
+        if self.max_ongoing_requests is not None and self.max_ongoing_requests < min(
+            self.max_batch_size, self.max_images_per_request
+        ):
+            raise ValueError(
+                f"max_ongoing_requests={self.max_ongoing_requests} is below max_batch_size="
+                f"{self.max_batch_size}: batches could never fill"
+            )
+        return self
+
+    @property
+    def ongoing_requests(self) -> int:
+        return self.max_ongoing_requests or max(128, 2 * self.max_batch_size)
+
+
+Label = StrictInt | str
+
+
+class GenerateRequest(_Strict):
+    """Body of POST /v1/generate. Give `labels`, or `class` (+ `count`), or only `count`."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, use_attribute_docstrings=True)
+
+    model: str
+    """Served model name (see GET /v1/models)."""
+    labels: list[Label] | None = Field(None, min_length=1)
+    """One image per entry: class index or class name. Unconditional models use only the count."""
+    class_: Label | None = Field(None, alias="class")
+    """One class (index or name) for all `count` images."""
+    count: StrictInt | None = Field(None, ge=1)
+    """Number of images (default 1). Conditional models without labels/class draw random
+    classes from the seed."""
+    seed: StrictInt | None = Field(None, ge=0, le=2**63 - 1)
+    """Same seed, same model, same request -> same images. Omitted: a random seed (returned)."""
+    truncation: float | None = Field(None, gt=0, le=10)
+    """Truncation trick: latents drawn from a normal truncated to [-t, t] (lower t = less variety,
+    more typical images)."""
+    format: Literal["png", "grid", "npy"] = "png"
+    """png: JSON with base64 PNGs; grid: one image/png; npy: numpy .npy of uint8 [N, H, W, C]."""
+    nrow: StrictInt | None = Field(None, ge=1, le=64)
+    """Images per row of the grid (default: about sqrt(N))."""
+
+    @model_validator(mode="after")
+    def _one_way(self) -> GenerateRequest:
+        if self.labels is not None and (self.class_ is not None or self.count is not None):
+            raise ValueError("give either `labels` or `class`/`count`, not both")
+        return self
+
+
+class GenerateResponse(BaseModel):
+    model: str
+    seed: int
+    labels: list[int] | None = None
+    """Class index of each image (null for unconditional models)."""
+    classes: list[str] | None = None
+    """Class name of each image (null for unconditional models)."""
+    width: int
+    height: int
+    channels: int
+    images: list[str]
+    """Base64-encoded PNG files, one per image."""
+
+
+class ModelInfo(BaseModel):
+    name: str
+    variant: str
+    conditional: bool
+    classes: list[str]
+    num_classes: int
+    resolution: int
+    channels: int
+    z_dim: int
+    step: int
+    images_seen: int
+    checkpoint: str
+    load_time_s: float
+    quality: dict[str, Any] | None = None
+    """Figures of the latest evaluation report (`<run_dir>/quality/metrics.json` or the
+    checkpoint's `quality` meta key); null when the model was never evaluated."""
+
+
+class ModelsResponse(BaseModel):
+    models: list[ModelInfo]
+
+
+class Score(BaseModel):
+    filename: str | None
+    score: float
+    """Discriminator logit (dcgan/cdcgan) or critic value (WGAN family): higher = judged more
+    like the training data. Relative, not a calibrated probability."""
+    label: int | None = None
+    """Class the score was computed for (conditional models); without a given label, the class
+    with the highest score."""
+    class_scores: dict[str, float] | None = None
+    """Score under every class (conditional models scored without a label)."""
+    resized: bool
+    """The upload was converted to the model's resolution/channels first."""
+
+
+class ScoreResponse(BaseModel):
+    model: str
+    score_kind: Literal["logit", "critic"]
+    scores: list[Score]
+    caveat: str

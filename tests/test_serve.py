@@ -1,0 +1,381 @@
+"""The serving app end to end: real Ray Serve on loopback, real HTTP (httpx), real metrics.
+
+Checkpoints are tiny random-weight models written with `write_weights_checkpoint` (no training);
+nothing is mocked. One Serve instance per module: the main app at `/` and a deliberately tight
+app (queue limit 1) at `/tight` for the overload test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
+
+sys.path.insert(0, str(Path(__file__).parent))
+from serve_helpers import CLASSES, free_port, make_checkpoint  # noqa: E402
+
+MAX_IMAGES = 64
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("serve-runs")
+    cd = root / "cd"
+    make_checkpoint(cd, "cdcgan", classes=CLASSES)
+    (cd / "quality").mkdir()
+    (cd / "quality" / "metrics.json").write_text(json.dumps({"fid": 41.5, "kid": 0.02}))
+    dc_ckpt = make_checkpoint(root / "dc", "wgan-gp", extra_meta={"quality": {"fid": 77.0}})
+    return {"cd": cd, "dc": dc_ckpt / "weights.pt"}
+
+
+@pytest.fixture(scope="module")
+def server(runs):
+    import ray
+    from ray import serve
+
+    from ganforge.serve.app import build_app
+
+    metrics_port, http_port = free_port(), free_port()
+    ray.init(num_cpus=2, include_dashboard=False, _metrics_export_port=metrics_port)
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": http_port})
+        models = {k: str(v) for k, v in runs.items()}
+        serve.run(
+            build_app({"models": models, "max_images_per_request": MAX_IMAGES, "num_cpus": 1}),
+            name="main",
+            route_prefix="/",
+            blocking=False,
+        )
+        # One request at a time, one waiting: anything beyond gets Serve's 503.
+        tight = {
+            "models": {"cd": models["cd"]},
+            "max_batch_size": 1,
+            "max_ongoing_requests": 1,
+            "max_queued_requests": 1,
+            "retry_after_s": 2,
+            "num_cpus": 0.5,
+        }
+        serve.run(build_app(tight), name="tight", route_prefix="/tight", blocking=False)
+        url = f"http://127.0.0.1:{http_port}"
+        _wait_ready(url + "/healthz")
+        _wait_ready(url + "/tight/healthz")
+        yield {"url": url, "metrics": f"http://127.0.0.1:{metrics_port}/metrics"}
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+def _wait_ready(url: str, timeout: float = 60) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            if httpx.get(url, timeout=5).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"{url} not ready after {timeout}s")
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    with httpx.Client(base_url=server["url"], timeout=60) as c:
+        yield c
+
+
+def gen(client, **body) -> httpx.Response:
+    return client.post("/v1/generate", json=body)
+
+
+def npy(client, **body) -> np.ndarray:
+    r = gen(client, format="npy", **body)
+    assert r.status_code == 200, r.text
+    return np.load(io.BytesIO(r.content))
+
+
+def png_bytes(arr: np.ndarray, fmt: str = "PNG") -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format=fmt)
+    return buf.getvalue()
+
+
+# --- routes -------------------------------------------------------------------------------
+
+
+def test_healthz_and_index(client):
+    r = client.get("/healthz")
+    assert r.status_code == 200 and set(r.json()["models"]) == {"cd", "dc"}
+    page = client.get("/")
+    assert page.status_code == 200 and "v1/generate" in page.text
+    assert client.get("/docs").status_code == 200
+    assert "/v1/score" in client.get("/openapi.json").json()["paths"]
+
+
+def test_models_listing(client):
+    models = {m["name"]: m for m in client.get("/v1/models").json()["models"]}
+    cd, dc = models["cd"], models["dc"]
+    assert cd["variant"] == "cdcgan" and cd["conditional"] and cd["classes"] == CLASSES
+    assert (cd["resolution"], cd["channels"], cd["step"], cd["images_seen"]) == (32, 3, 10, 640)
+    assert cd["quality"] == {"fid": 41.5, "kid": 0.02}  # from <run_dir>/quality/metrics.json
+    assert dc["variant"] == "wgan-gp" and not dc["conditional"] and dc["classes"] == []
+    assert dc["quality"] == {"fid": 77.0}  # from the checkpoint meta
+    assert cd["load_time_s"] > 0
+
+
+def test_generate_png_labels_by_name_and_index(client):
+    r = gen(client, model="cd", labels=["cat", 2, "dog"], seed=1)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["labels"] == [0, 2, 1] and body["classes"] == ["cat", "frog", "dog"]
+    assert body["seed"] == 1 and (body["width"], body["height"], body["channels"]) == (32, 32, 3)
+    imgs = [Image.open(io.BytesIO(base64.b64decode(s))) for s in body["images"]]
+    assert [(i.format, i.size, i.mode) for i in imgs] == [("PNG", (32, 32), "RGB")] * 3
+
+
+def test_generate_grid_and_npy(client):
+    r = gen(client, model="cd", **{"class": "frog"}, count=4, nrow=2, format="grid", seed=5)
+    assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+    assert r.headers["x-ganforge-labels"] == "2,2,2,2" and r.headers["x-ganforge-seed"] == "5"
+    assert Image.open(io.BytesIO(r.content)).size == (2 * 34 + 2, 2 * 34 + 2)
+    arr = npy(client, model="dc", count=5, seed=5)
+    assert arr.dtype == np.uint8 and arr.shape == (5, 32, 32, 3)
+
+
+def test_seed_determinism_and_label_forms(client):
+    a = npy(client, model="cd", labels=["dog", "cat"], seed=123)
+    b = npy(client, model="cd", labels=[1, 0], seed=123)
+    c = npy(client, model="cd", labels=[1, 0], seed=124)
+    assert np.array_equal(a, b)
+    assert not np.array_equal(a, c)
+    # A random seed is chosen and reported when none is given; reusing it reproduces the images.
+    r = gen(client, model="dc", count=2)
+    again = gen(client, model="dc", count=2, seed=r.json()["seed"])
+    assert r.json()["images"] == again.json()["images"]
+
+
+def test_batching_does_not_change_results(server):
+    seeds = list(range(100, 116))
+
+    async def fire():
+        async with httpx.AsyncClient(base_url=server["url"], timeout=60) as c:
+            rs = await asyncio.gather(
+                *(
+                    c.post(
+                        "/v1/generate", json={"model": "cd", "count": 3, "seed": s, "format": "npy"}
+                    )
+                    for s in seeds
+                )
+            )
+        return [np.load(io.BytesIO(r.content)) for r in rs]
+
+    together = asyncio.run(fire())
+    with httpx.Client(base_url=server["url"], timeout=60) as c:
+        alone = [npy(c, model="cd", count=3, seed=s) for s in seeds]
+    for x, y in zip(together, alone, strict=True):
+        # Batch size can change float summation order in the convolutions: allow one uint8 step.
+        assert np.abs(x.astype(int) - y.astype(int)).max() <= 1
+
+
+def test_unconditional_ignores_labels_and_truncation(client):
+    r = gen(client, model="dc", labels=["anything", 7], seed=3)
+    assert r.status_code == 200 and len(r.json()["images"]) == 2 and r.json()["labels"] is None
+    plain = npy(client, model="dc", count=2, seed=3)
+    trunc = npy(client, model="dc", count=2, seed=3, truncation=0.5)
+    assert not np.array_equal(plain, trunc)
+    assert np.array_equal(trunc, npy(client, model="dc", count=2, seed=3, truncation=0.5))
+
+
+def test_conditional_count_only_draws_classes_from_seed(client):
+    a = gen(client, model="cd", count=8, seed=9).json()
+    b = gen(client, model="cd", count=8, seed=9).json()
+    assert a["labels"] == b["labels"] and all(0 <= i < 3 for i in a["labels"])
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "needle"),
+    [
+        ({"model": "nope", "count": 1}, 404, "unknown model 'nope'"),
+        ({"model": "cd", "labels": ["cat", "unicorn"]}, 422, "unknown class 'unicorn'"),
+        ({"model": "cd", "labels": [3]}, 422, "out of range"),
+        ({"model": "cd", "count": 0}, 422, "count"),
+        ({"model": "cd", "count": MAX_IMAGES + 1}, 422, f"limit is {MAX_IMAGES}"),
+        ({"model": "cd", "count": "3"}, 422, "count: Input should be a valid integer"),
+        ({"model": "cd", "labels": [0], "count": 1}, 422, "either `labels` or `class`"),
+        ({"model": "cd", "labels": []}, 422, "labels"),
+        ({"model": "cd", "format": "gif"}, 422, "format"),
+        ({"model": "cd", "colour": "red"}, 422, "colour: Extra inputs are not permitted"),
+        ({"model": "cd", "seed": -1}, 422, "seed"),
+        ({"model": "cd", "truncation": 0}, 422, "truncation"),
+        ({"count": 1}, 422, "model: Field required"),
+        ([1, 2], 422, "valid dictionary"),
+    ],
+)
+def test_bad_generate_requests(client, body, status, needle):
+    r = client.post("/v1/generate", json=body)
+    assert r.status_code == status, r.text
+    assert needle in r.json()["detail"]
+
+
+def test_malformed_json_and_oversized_body(client):
+    r = client.post(
+        "/v1/generate", content=b'{"model": "cd",', headers={"content-type": "application/json"}
+    )
+    assert r.status_code == 422 and "malformed JSON" in r.json()["detail"]
+    big = json.dumps({"model": "cd", "labels": ["cat"] * 200_000}).encode()
+    r = client.post("/v1/generate", content=big, headers={"content-type": "application/json"})
+    assert r.status_code == 413 and "exceeds the limit" in r.json()["detail"]
+
+
+def test_score_uploads(client):
+    arr = npy(client, model="cd", labels=["dog"], seed=2)[0]
+    files = [
+        ("files", ("a.png", png_bytes(arr), "image/png")),
+        ("files", ("b.jpg", png_bytes(arr, "JPEG"), "image/jpeg")),
+    ]
+    r = client.post("/v1/score", data={"model": "cd", "label": "dog"}, files=files)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["score_kind"] == "logit" and "not a calibrated" in body["caveat"]
+    assert [s["label"] for s in body["scores"]] == [1, 1]
+    assert [s["resized"] for s in body["scores"]] == [False, False]
+    by_index = client.post("/v1/score", data={"model": "cd", "label": "1"}, files=files[:1])
+    assert by_index.json()["scores"][0]["score"] == pytest.approx(body["scores"][0]["score"])
+    # No label: every class is scored and the best one reported.
+    grey = png_bytes(np.full((48, 40), 128, np.uint8))
+    r = client.post("/v1/score", data={"model": "cd"}, files=[("files", ("g.png", grey))])
+    s = r.json()["scores"][0]
+    assert s["resized"] and set(s["class_scores"]) == set(CLASSES)
+    assert s["score"] == max(s["class_scores"].values())
+    r = client.post("/v1/score", data={"model": "dc"}, files=files[:1])
+    assert r.status_code == 200 and r.json()["score_kind"] == "critic"
+
+
+@pytest.mark.parametrize(
+    ("data", "files", "status", "needle"),
+    [
+        ({"model": "cd"}, [("files", ("x.txt", b"not an image"))], 415, "not a readable PNG"),
+        ({"model": "cd"}, [("files", ("x.gif", b"GIF89a" + b"\0" * 40))], 415, "x.gif"),
+        ({"model": "zz"}, [("files", ("a.png", b"x"))], 404, "unknown model 'zz'"),
+        ({"model": "cd", "label": "unicorn"}, "PNG", 422, "unknown class 'unicorn'"),
+        ({"model": "cd"}, [], 422, "files: Field required"),
+        ({"model": "cd"}, "MANY", 413, f"limit is {MAX_IMAGES}"),
+    ],
+)
+def test_bad_score_requests(client, data, files, status, needle):
+    png = png_bytes(np.zeros((32, 32, 3), np.uint8))
+    if files == "PNG":
+        files = [("files", ("a.png", png))]
+    elif files == "MANY":
+        files = [("files", (f"{i}.png", png)) for i in range(MAX_IMAGES + 1)]
+    r = client.post("/v1/score", data=data, files=files or None)
+    assert r.status_code == status, r.text
+    assert needle in r.json()["detail"]
+
+
+def test_gif_upload_is_refused_by_format(client):
+    buf = io.BytesIO()
+    Image.new("RGB", (32, 32)).save(buf, format="GIF")
+    r = client.post("/v1/score", data={"model": "cd"}, files=[("files", ("a.gif", buf.getvalue()))])
+    assert r.status_code == 415 and "GIF images are not accepted" in r.json()["detail"]
+
+
+# --- overload, metrics --------------------------------------------------------------------
+
+
+def test_overload_gets_fast_503_with_retry_after(server):
+    async def fire(n: int):
+        async with httpx.AsyncClient(base_url=server["url"], timeout=60) as c:
+            body = {"model": "cd", "count": 32, "format": "npy"}
+            return await asyncio.gather(
+                *(c.post("/tight/v1/generate", json=body) for _ in range(n))
+            )
+
+    rs = asyncio.run(fire(30))
+    codes = [r.status_code for r in rs]
+    assert set(codes) <= {200, 503}, codes
+    assert codes.count(503) >= 1 and codes.count(200) >= 1, codes
+    rejected = next(r for r in rs if r.status_code == 503)
+    assert rejected.headers["retry-after"] == "2"
+    # The replica survived the burst.
+    assert httpx.get(server["url"] + "/tight/healthz").status_code == 200
+
+
+def _sample(text: str, name: str, **labels) -> float:
+    total = 0.0
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
+                total += s.value
+    return total
+
+
+def test_metrics_exported_on_ray_port(server, client):
+    key = {"model": "dc", "route": "/v1/generate", "application": "main"}
+    before = _sample(
+        httpx.get(server["metrics"]).text, "ray_ganforge_serve_requests_total", status="200", **key
+    )
+    for seed in range(5):
+        assert gen(client, model="dc", count=2, seed=seed).status_code == 200
+    assert gen(client, model="nope").status_code == 404
+    deadline, text = time.time() + 40, ""
+    while time.time() < deadline:  # Ray exports with a delay of a few seconds
+        text = httpx.get(server["metrics"]).text
+        if _sample(text, "ray_ganforge_serve_requests_total", status="200", **key) >= before + 5:
+            break
+        time.sleep(2)
+    assert _sample(text, "ray_ganforge_serve_requests_total", status="200", **key) >= before + 5
+    assert _sample(text, "ray_ganforge_serve_requests_total", model="unknown", status="404") >= 1
+    assert _sample(text, "ray_ganforge_serve_images_generated_total", model="dc") >= 10
+    assert _sample(text, "ray_ganforge_serve_batch_size_count", model="dc") >= 5
+    assert _sample(text, "ray_ganforge_serve_inference_latency_ms_count", model="dc") >= 5
+    assert _sample(text, "ray_ganforge_serve_request_latency_ms_count", route="/v1/generate") > 0
+    assert _sample(text, "ray_ganforge_serve_model_load_seconds", model="cd") > 0
+    assert "ray_ganforge_serve_queue_depth" in text
+
+
+# --- web page in a real browser -----------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_index_page_renders_a_grid_in_chromium(server):
+    browser = next(
+        (
+            shutil.which(b)
+            for b in ("chromium", "chromium-browser", "google-chrome")
+            if shutil.which(b)
+        ),
+        None,
+    )
+    if browser is None:
+        pytest.skip(
+            "no chromium binary on this machine (apt: `chromium`); the page is still "
+            "served and its API calls are tested above"
+        )
+    out = subprocess.run(
+        [
+            browser,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--virtual-time-budget=15000",
+            "--dump-dom",
+            server["url"] + "/",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert 'data-loaded="yes"' in out.stdout, out.stderr[-2000:]
+    assert 'src="blob:' in out.stdout

@@ -1,0 +1,145 @@
+"""Serving without HTTP: argument validation, checkpoint refusal at build time, the model pool,
+the Serve config file and the CLI's argument parsing. No Ray cluster is started."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import typer
+import yaml
+
+sys.path.insert(0, str(Path(__file__).parent))
+from serve_helpers import CLASSES, make_checkpoint  # noqa: E402
+
+from ganforge.checkpoint import CheckpointError, write_weights_checkpoint  # noqa: E402
+from ganforge.config import GanforgeConfig  # noqa: E402
+from ganforge.models import build_discriminator, build_generator  # noqa: E402
+from ganforge.serve.app import build_app, parse_args  # noqa: E402
+from ganforge.serve.model_pool import ModelPool, sample_latents  # noqa: E402
+from ganforge.serve.schemas import ApiError, GenerateRequest  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def cd_run(tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("cd")
+    make_checkpoint(run, "cdcgan", classes=CLASSES)
+    return run
+
+
+def test_build_app_refuses_corrupt_checkpoint(tmp_path):
+    ckpt = make_checkpoint(tmp_path / "bad", "dcgan")
+    data = bytearray((ckpt / "weights.pt").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (ckpt / "weights.pt").write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match=r"model 'bad'.*(sha256|no valid)"):
+        build_app({"models": {"bad": str(ckpt)}})
+
+
+def test_build_app_refuses_weights_that_do_not_match_config(tmp_path):
+    small = GanforgeConfig.model_validate({"model": {"variant": "dcgan", "width": 8}})
+    claims = GanforgeConfig.model_validate({"model": {"variant": "dcgan", "width": 16}})
+    g, d = build_generator(small.model), build_discriminator(small.model)
+    root = write_weights_checkpoint(tmp_path / "ck", claims, g, g, d, 1, 1)
+    with pytest.raises(CheckpointError, match="weights do not match the config"):
+        build_app({"models": {"m": str(root)}})
+
+
+def test_build_app_refuses_missing_path():
+    with pytest.raises(CheckpointError, match="model 'x'.*no such file"):
+        build_app({"models": {"x": "/nonexistent/run"}})
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        ({}, "models: Field required"),
+        ({"models": {}}, "models"),
+        ({"models": {"a b": "x"}}, "model name 'a b'"),
+        ({"models": {"a": "x"}, "max_batch_size": 0}, "max_batch_size"),
+        ({"models": {"a": "x"}, "replicas": 2}, "replicas: Extra inputs are not permitted"),
+        ({"models": {"a": "x"}, "gpu": "maybe"}, "gpu"),
+        ({"models": {"a": "x"}, "max_ongoing_requests": 4}, "batches could never fill"),
+        (
+            {"models": {"a": "x"}, "autoscaling": {"min_replicas": 3, "max_replicas": 2}},
+            "min_replicas must be <= autoscaling.max_replicas",
+        ),
+    ],
+)
+def test_bad_app_args(args, needle):
+    with pytest.raises(ValueError, match="invalid ganforge serve arguments") as err:
+        build_app(args)
+    assert needle in str(err.value)
+
+
+def test_deployment_options_follow_args(cd_run):
+    app = build_app(
+        {
+            "models": {"cd": str(cd_run)},
+            "max_batch_size": 16,
+            "autoscaling": {"min_replicas": 1, "max_replicas": 3, "target_ongoing_requests": 8},
+            "max_queued_requests": 10,
+            "validate_on_build": False,
+        }
+    )
+    cfg = app._bound_deployment._deployment_config
+    assert cfg.max_ongoing_requests == 128  # default max(128, 2 x max_batch_size)
+    assert cfg.max_queued_requests == 10
+    assert cfg.autoscaling_config.max_replicas == 3
+    assert cfg.backpressure_config.status_code == 503
+
+
+def test_serve_yaml_is_a_valid_serve_config():
+    from ray.serve.schema import ServeDeploySchema
+
+    raw = yaml.safe_load((ROOT / "configs/serve.yaml").read_text())
+    cfg = ServeDeploySchema.model_validate(raw)
+    (app,) = cfg.applications
+    assert app.import_path == "ganforge.serve.app:build_app"
+    args = parse_args(app.args)  # the args themselves pass our own validation
+    assert args.max_batch_size == 32 and args.ongoing_requests >= args.max_batch_size
+
+
+def test_model_pool_plan_is_deterministic_and_validated(cd_run):
+    pool = ModelPool({"cd": str(cd_run)})
+    req = GenerateRequest.model_validate({"model": "cd", "labels": ["frog", 0], "seed": 7})
+    a, b = pool.plan(req, 64), pool.plan(req, 64)
+    assert torch.equal(a.z, b.z) and a.labels.tolist() == [2, 0]
+    imgs = pool.generate("cd", a.z, a.labels)
+    assert imgs.shape == (2, 3, 32, 32) and imgs.abs().max() <= 1
+    # Generating one image alone or inside a bigger batch gives the same pixels.
+    alone = pool.generate("cd", a.z[:1], a.labels[:1])
+    assert torch.allclose(alone, imgs[:1], atol=1e-5)
+    with pytest.raises(ApiError, match="limit is 1"):
+        pool.plan(req, 1)
+    with pytest.raises(ApiError, match="unknown model"):
+        pool.get("nope")
+
+
+def test_truncated_latents_stay_in_bounds():
+    z = sample_latents(256, 64, torch.Generator().manual_seed(0), 0.7)
+    assert z.abs().max() <= 0.7 and z.std() > 0.2
+
+
+def test_cli_model_parsing():
+    from ganforge.serve.commands import parse_models
+
+    assert parse_models(["a=/x/y", "/runs/demo"]) == {"a": "/x/y", "demo": "/runs/demo"}
+    with pytest.raises(typer.BadParameter, match="given twice"):
+        parse_models(["a=/x", "a=/y"])
+    with pytest.raises(typer.BadParameter, match="NAME=PATH"):
+        parse_models(["=/x"])
+
+
+def test_cli_refuses_bad_checkpoint_before_starting_ray(tmp_path):
+    from typer.testing import CliRunner
+
+    from ganforge.cli import app
+
+    r = CliRunner().invoke(app, ["serve", "--model", f"m={tmp_path / 'missing'}"])
+    assert r.exit_code == 2
+    assert "model 'm'" in r.output and "no such file" in r.output
