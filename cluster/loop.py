@@ -8,6 +8,7 @@ and `cluster.distributed` (log-step reductions); this file reads like single-pro
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from dataclasses import dataclass, field
@@ -138,6 +139,8 @@ def train_func(loop_cfg: dict[str, Any]) -> None:
     from ganforge.cluster.engines import GANEngines
     from ganforge.cluster.run_logging import RunLogger
 
+    # Ray Train logs every report at INFO on the workers; ganforge shows its own progress.
+    logging.getLogger("ray.train").setLevel(logging.WARNING)
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     cfg = GanforgeConfig.model_validate(loop_cfg["config"])
