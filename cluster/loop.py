@@ -120,6 +120,17 @@ def train(gan, loader, logger, cfg: GanforgeConfig, classes: list[str], prog: Pr
         save_and_report(gan, prog.step, prog.images_seen, classes, final_metrics)
 
 
+def _quiet_ray_train_reports() -> None:
+    """Ray Train V2 logs every report at INFO on each worker (a logger named after its file);
+    ganforge shows its own progress bar, so lower that one logger (best effort: private path)."""
+    try:
+        from ray.train.v2._internal.execution import context as train_context
+
+        train_context.logger.setLevel(logging.WARNING)
+    except (ImportError, AttributeError):
+        pass
+
+
 def _count_start(run_dir: Path, launch_id: str) -> int:
     """How many times this launch's worker group has started (1 + restarts)."""
     path = run_dir / ".launches" / launch_id
@@ -139,8 +150,7 @@ def train_func(loop_cfg: dict[str, Any]) -> None:
     from ganforge.cluster.engines import GANEngines
     from ganforge.cluster.run_logging import RunLogger
 
-    # Ray Train logs every report at INFO on the workers; ganforge shows its own progress.
-    logging.getLogger("ray.train").setLevel(logging.WARNING)
+    _quiet_ray_train_reports()
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     cfg = GanforgeConfig.model_validate(loop_cfg["config"])
