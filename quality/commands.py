@@ -36,8 +36,15 @@ def train_classifier_cmd(
 
     try:
         side = train_classifier(
-            data, out, epochs=epochs, batch_size=batch_size, lr=lr, train_split=train_split,
-            test_split=test_split, limit=limit, seed=seed,
+            data,
+            out,
+            epochs=epochs,
+            batch_size=batch_size,
+            lr=lr,
+            train_split=train_split,
+            test_split=test_split,
+            limit=limit,
+            seed=seed,
         )
     except DataError as e:
         raise typer.BadParameter(str(e), param_hint="--data") from None
@@ -46,6 +53,148 @@ def train_classifier_cmd(
     typer.echo(f"wrote {out} (+ .json); test accuracy {shown} after {epochs} epochs")
 
 
+def eval_cmd(
+    run_dirs: list[Path] = typer.Argument(
+        ..., help="Run directories (or checkpoint dirs) to compare, one report row each."
+    ),
+    data: Path = typer.Option(
+        ..., "--data", help="Real images: shard directory with dataset.json."
+    ),
+    out: Path = typer.Option(..., "--out", help="Report directory (created)."),
+    class_name: str | None = typer.Option(
+        None, "--class", help="Class shown in grid-<class>.png (default: the first class)."
+    ),
+    num_samples: int = typer.Option(
+        10_000, "--num-samples", min=10, help="Generated images per checkpoint."
+    ),
+    checkpoint: str = typer.Option(
+        "latest", "--checkpoint", help="Which checkpoints: latest, all, or a step number."
+    ),
+    split: str = typer.Option("train", "--split", help="Real reference split."),
+    real_limit: int | None = typer.Option(
+        None, "--real-limit", min=10, help="Use a random subset of this many real images."
+    ),
+    inception_weights: Path | None = typer.Option(
+        None,
+        "--inception-weights",
+        help="Inception-v3 weights (torch-fidelity format) as the feature extractor.",
+    ),
+    classifier: Path | None = typer.Option(
+        None, "--classifier", help="Classifier weights (default: the shipped CIFAR-10 one)."
+    ),
+    seed: int = typer.Option(0, "--seed", help="Seed for noise, subsets and grids."),
+) -> None:
+    """Compare runs: FID, KID, precision/recall, classifier score, image statistics, grids."""
+    from ganforge.quality.evaluate import EvalError, EvalSettings, evaluate_runs
+    from ganforge.quality.features import ExtractorError
+    from ganforge.quality.real_images import DataError
+
+    s = EvalSettings(
+        num_samples=num_samples,
+        real_split=split,
+        real_limit=real_limit,
+        seed=seed,
+        checkpoint=checkpoint,
+        class_name=class_name,
+        inception_weights=str(inception_weights) if inception_weights else None,
+        classifier=str(classifier) if classifier else None,
+    )
+    try:
+        body = evaluate_runs(run_dirs, data, out, s)
+    except (EvalError, DataError, ExtractorError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+    _print_summary(body)
+    typer.echo(f"report: {out / 'report.md'} (extractor: {body['extractor']})")
+
+
+def _print_summary(body: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="latest checkpoint of each run")
+    for col in ("run", "step", "FID", "KID x1e3", "precision", "recall", "sharpness", "noise"):
+        table.add_column(col, justify="right")
+    for run in body["runs"]:
+        m = run["latest"]
+        table.add_row(
+            run["name"],
+            str(m["step"]),
+            f"{m['fid']:.2f}",
+            f"{m['kid_mean'] * 1e3:.2f}",
+            f"{m['precision']:.3f}",
+            f"{m['recall']:.3f}",
+            f"{m['stats']['sharpness']:.1f}",
+            f"{m['stats']['noise_sigma']:.2f}",
+        )
+    Console().print(table)
+
+
+def study_cmd(
+    data: Path = typer.Option(..., "--data", help="Shard directory with dataset.json."),
+    steps: int = typer.Option(
+        ...,
+        "--steps",
+        min=1,
+        help="Budget: generator steps of a 1-critic-step variant (see --budget).",
+    ),
+    out: Path = typer.Option(..., "--out", help="Study directory: runs/<variant>/ and report/."),
+    variants: list[str] = typer.Option(
+        list(("dcgan", "cdcgan", "wgan", "wgan-gp", "cwgan-gp")),
+        "--variants",
+        help="Variants to train and compare (repeat the option).",
+    ),
+    num_workers: int = typer.Option(1, "--num-workers", min=1, help="Ray Train workers per run."),
+    budget: str = typer.Option(
+        "images",
+        "--budget",
+        help="images: same real images through the critic (steps / n_critic generator steps); "
+        "g-steps: same generator steps for every variant.",
+    ),
+    micro_batch: int | None = typer.Option(
+        None, "--micro-batch", min=1, help="Images per worker per step (default: the config's)."
+    ),
+    num_samples: int = typer.Option(
+        10_000, "--num-samples", min=10, help="Generated images per checkpoint in the report."
+    ),
+    class_name: str | None = typer.Option(None, "--class", help="Class of the class grid."),
+    classifier: Path | None = typer.Option(
+        None, "--classifier", help="Classifier weights (default: the shipped CIFAR-10 one)."
+    ),
+    seed: int = typer.Option(0, "--seed", help="Training and evaluation seed."),
+) -> None:
+    """Train every variant with the same budget (reusing finished runs), then compare them."""
+    if budget not in ("images", "g-steps"):
+        raise typer.BadParameter("must be images or g-steps", param_hint="--budget")
+    try:
+        from ganforge.cluster.launch import run_training  # noqa: F401
+    except ImportError as e:
+        typer.echo(f"error: training is not available ({e})", err=True)
+        raise typer.Exit(2) from None
+    from ganforge.config import ConfigError
+    from ganforge.quality.evaluate import EvalError, EvalSettings
+    from ganforge.quality.features import ExtractorError
+    from ganforge.quality.real_images import DataError
+    from ganforge.quality.study import run_study
+
+    s = EvalSettings(
+        num_samples=num_samples,
+        checkpoint="all",
+        seed=seed,
+        class_name=class_name,
+        classifier=str(classifier) if classifier else None,
+    )
+    try:
+        body = run_study(data, steps, out, variants, num_workers, budget, micro_batch, seed, s)
+    except (ConfigError, EvalError, DataError, ExtractorError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+    _print_summary(body)
+    typer.echo(f"report: {out / 'report' / 'report.md'}")
+
+
 def register(app: typer.Typer) -> None:
     """Mount this area's commands on the root app."""
+    app.command("eval")(eval_cmd)
+    app.command("study")(study_cmd)
     app.add_typer(quality_app, name="quality")

@@ -1,0 +1,262 @@
+"""`ganforge eval`: every metric for each run (and checkpoint) against one real reference set.
+
+The real set's features, class probabilities and statistics are computed once and shared by all
+runs and checkpoints; each checkpoint's EMA generator produces `num_samples` images (balanced over
+classes for conditional models) from a fixed seed, so runs are compared on equal terms.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ganforge.checkpoint import CheckpointError, list_checkpoints, load_model, read_marker
+from ganforge.images import to_uint8
+from ganforge.quality import metrics as M
+from ganforge.quality.features import ClassifierExtractor, build_classifier_extractor, extract
+from ganforge.quality.image_stats import image_stats
+from ganforge.quality.real_images import RealImages, load_real
+
+
+class EvalError(ValueError):
+    """Bad input to an evaluation (missing run, unknown class or checkpoint); says which."""
+
+
+@dataclass
+class EvalSettings:
+    """Everything that decides the numbers; recorded in the report."""
+
+    num_samples: int = 10_000
+    real_split: str = "train"
+    real_limit: int | None = None
+    seed: int = 0
+    checkpoint: str = "latest"
+    class_name: str | None = None
+    inception_weights: str | None = None
+    classifier: str | None = None
+    kid_subset_size: int = 1000
+    kid_subsets: int = 50
+    pr_k: int = 3
+    grid_columns: int = 10
+    batch_size: int = 500
+
+
+@dataclass
+class RealReference:
+    data: RealImages
+    features: torch.Tensor
+    probs: torch.Tensor | None
+    stats: dict[str, float]
+    pr_features: torch.Tensor = field(repr=False, default=None)
+
+
+def select_checkpoints(run_dir: str | Path, which: str) -> list[tuple[int, Path]]:
+    """`latest`, `all` (oldest first) or a step number -> [(step, checkpoint dir)]."""
+    p = Path(run_dir)
+    if not p.exists():
+        raise EvalError(f"{run_dir}: no such run directory")
+    try:  # a checkpoint dir itself
+        return [(int(read_marker(p)["step"]), p)]
+    except CheckpointError:
+        pass
+    found = list_checkpoints(p / "checkpoints") or list_checkpoints(p)
+    if not found:
+        raise EvalError(f"{run_dir}: no checkpoints (expected {p / 'checkpoints'}/<name>/)")
+    if which == "latest":
+        return found[:1]
+    if which == "all":
+        return sorted(found)
+    if not which.isdigit():
+        raise EvalError(f"--checkpoint must be latest, all or a step number, not {which!r}")
+    hits = [c for c in found if c[0] == int(which)]
+    if not hits:
+        steps = ", ".join(str(s) for s, _ in sorted(found))
+        raise EvalError(f"{run_dir}: no checkpoint at step {which} (has: {steps})")
+    return hits
+
+
+@torch.no_grad()
+def generate(
+    generator: torch.nn.Module,
+    n: int,
+    seed: int,
+    labels: torch.Tensor | None = None,
+    batch_size: int = 500,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """n images as uint8 [n, C, H, W]; conditional generators get `labels` or balanced classes."""
+    gen = torch.Generator().manual_seed(seed)
+    num_classes = getattr(generator, "num_classes", 0)
+    if num_classes and labels is None:
+        labels = torch.arange(n) % num_classes
+    if not num_classes:
+        labels = None
+    out = []
+    for i in range(0, n, batch_size):
+        b = min(batch_size, n - i)
+        z = torch.randn(b, generator.z_dim, generator=gen)
+        y = labels[i : i + b] if labels is not None else None
+        out.append(torch.from_numpy(to_uint8(generator(z, y))).permute(0, 3, 1, 2))
+    return torch.cat(out).contiguous(), labels
+
+
+def build_reference(
+    data: str | Path, s: EvalSettings, extractor, judge: ClassifierExtractor | None, progress: bool
+) -> RealReference:
+    real = load_real(data, s.real_split, limit=s.real_limit, seed=s.seed, progress=progress)
+    label = "real features" if progress else None
+    feats = extract(extractor, real.images, s.batch_size, label)
+    probs = extract(judge.probs, real.images, s.batch_size) if judge is not None else None
+    # Precision/recall compares equal-sized sets (as Kynkaanniemi et al.); O(N^2) distances.
+    n_pr = min(len(feats), s.num_samples)
+    idx = torch.randperm(len(feats), generator=torch.Generator().manual_seed(s.seed))[:n_pr]
+    return RealReference(real, feats, probs, image_stats(real.images), feats[idx])
+
+
+def score_images(
+    images: torch.Tensor,
+    labels: torch.Tensor | None,
+    ref: RealReference,
+    extractor,
+    judge: ClassifierExtractor | None,
+    s: EvalSettings,
+) -> dict[str, Any]:
+    """All metrics of one set of generated images against the reference."""
+    feats = extract(extractor, images, s.batch_size)
+    out: dict[str, Any] = {"num_generated": len(images), "fid": M.fid(ref.features, feats)}
+    out["kid_mean"], out["kid_std"] = M.kid(
+        ref.features, feats, s.kid_subset_size, s.kid_subsets, s.seed
+    )
+    out["precision"], out["recall"] = M.precision_recall(ref.pr_features, feats, s.pr_k)
+    if judge is not None:
+        probs = extract(judge.probs, images, s.batch_size)
+        out["classifier_score"], out["classifier_score_std"] = M.classifier_score(probs)
+        if labels is not None:
+            acc = M.per_class_accuracy(probs, labels, ref.data.classes)
+            out["per_class_accuracy"] = acc
+            out["mean_class_accuracy"] = sum(acc.values()) / len(acc)
+    if labels is not None:
+        intra = M.intra_class_fid(ref.features, ref.data.labels, feats, labels, ref.data.classes)
+        out["intra_fid"] = intra
+        out["mean_intra_fid"] = sum(intra.values()) / len(intra) if intra else None
+    out["stats"] = image_stats(images)
+    return out
+
+
+def _judge_for(data_classes: list[str], s: EvalSettings) -> ClassifierExtractor | None:
+    """The domain classifier judges class-wise metrics only if it knows these exact classes."""
+    try:
+        judge = build_classifier_extractor(s.classifier)
+    except (ValueError, FileNotFoundError):
+        return None
+    return judge if judge.classes in ([], data_classes) else None
+
+
+def evaluate_run(
+    run_dir: Path, ref: RealReference, extractor, judge, s: EvalSettings, progress: bool
+) -> dict[str, Any]:
+    """Metrics for the chosen checkpoints of one run; also keeps the latest one's samples."""
+    from tqdm import tqdm
+
+    ckpts = select_checkpoints(run_dir, s.checkpoint)
+    rows, latest = [], None
+    for step, ckpt in tqdm(ckpts, desc=f"eval {Path(run_dir).name}", disable=not progress):
+        try:
+            model = load_model(ckpt)
+        except CheckpointError as e:
+            raise EvalError(str(e)) from None
+        n_cls = getattr(model.generator, "num_classes", 0)
+        if n_cls and n_cls != len(ref.data.classes):
+            raise EvalError(
+                f"{run_dir}: the generator has {n_cls} classes, the data {len(ref.data.classes)}"
+            )
+        images, labels = generate(model.generator, s.num_samples, s.seed, batch_size=s.batch_size)
+        row = {
+            "step": step,
+            "images_seen": int(model.meta.get("images_seen", 0)),
+            "checkpoint": str(ckpt),
+        }
+        row |= score_images(images, labels, ref, extractor, judge, s)
+        rows.append(row)
+        latest = model
+    cfg = latest.config
+    return {
+        "run_dir": str(run_dir),
+        "name": Path(run_dir).name
+        if not (Path(run_dir) / "ganforge.json").is_file()
+        else Path(run_dir).parent.parent.name,
+        "variant": cfg.model.variant,
+        "conditional": latest.conditional,
+        "n_critic": cfg.loss.n_critic,
+        "micro_batch": cfg.train.micro_batch,
+        "checkpoints": sorted(rows, key=lambda r: r["step"]),
+        "latest": max(rows, key=lambda r: r["step"]),
+        "_model": latest,
+    }
+
+
+def write_run_metrics(run: dict[str, Any], extractor_name: str, s: EvalSettings) -> Path | None:
+    """RUN_DIR/quality/metrics.json: the latest figures, read by the serving app."""
+    run_dir = Path(run["run_dir"])
+    if not (run_dir / "checkpoints").is_dir():
+        return None  # a bare checkpoint dir was given: nowhere sensible to write
+    out = run_dir / "quality" / "metrics.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    body = {"extractor": extractor_name, "settings": asdict(s), **run["latest"]}
+    body.pop("checkpoint", None)
+    out.write_text(json.dumps(body, indent=1))
+    return out
+
+
+def evaluate_runs(
+    run_dirs: list[str | Path],
+    data: str | Path,
+    out: str | Path,
+    s: EvalSettings,
+    progress: bool = True,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Evaluate runs against `data` and write the report into `out`; returns metrics.json's body.
+
+    `extra` is merged into metrics.json (the study records its budget there)."""
+    from ganforge.quality.features import build_extractor
+    from ganforge.quality.real_images import read_manifest
+    from ganforge.quality.report import write_report
+
+    for r in run_dirs:  # fail on a typo before minutes of feature extraction
+        select_checkpoints(r, s.checkpoint)
+    classes = list(read_manifest(data)["classes"])
+    if s.class_name is not None and s.class_name not in classes:
+        raise EvalError(f"unknown class {s.class_name!r}; the dataset has: {', '.join(classes)}")
+    extractor = build_extractor(s.inception_weights, s.classifier)
+    judge = _judge_for(classes, s)
+    ref = build_reference(data, s, extractor, judge, progress)
+    runs = [evaluate_run(Path(r), ref, extractor, judge, s, progress) for r in run_dirs]
+    seen: dict[str, int] = {}
+    for run in runs:  # two runs named alike (a/run, b/run) must stay apart in tables and grids
+        seen[run["name"]] = seen.get(run["name"], 0) + 1
+        if seen[run["name"]] > 1:
+            run["name"] = f"{run['name']}-{seen[run['name']]}"
+    for run in runs:
+        write_run_metrics(run, extractor.name, s)
+    body = {
+        "extractor": extractor.name,
+        "judge": judge.name if judge is not None else None,
+        "settings": asdict(s),
+        "data": str(data),
+        "classes": classes,
+        "real": {
+            "split": s.real_split,
+            "num_images": len(ref.data.images),
+            "stats": ref.stats,
+            "classifier_score": M.classifier_score(ref.probs)[0] if ref.probs is not None else None,
+            "precision_recall_images": len(ref.pr_features),
+        },
+        "runs": [{k: v for k, v in run.items() if not k.startswith("_")} for run in runs],
+        **(extra or {}),
+    }
+    write_report(Path(out), body, runs, ref, judge, s)
+    return body

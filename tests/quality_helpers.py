@@ -1,0 +1,69 @@
+"""Tiny real-image shards and a tiny classifier for the quality tests (no external data)."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+CLASSES = ["stripes", "checks", "blob"]
+
+
+def synthetic_image(c: int, rng: np.random.Generator, size: int = 32) -> np.ndarray:
+    """A textured 32x32 RGB image whose pattern and colour depend on class c."""
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float64)
+    phase, freq = rng.uniform(0, 2 * np.pi), rng.uniform(0.5, 0.9)
+    if c == 0:
+        pattern = np.sin(yy * freq + phase)
+    elif c == 1:
+        pattern = np.sign(np.sin(yy * freq + phase) * np.sin(xx * freq + phase))
+    else:
+        cx, cy = rng.uniform(8, 24, 2)
+        pattern = 2 * np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / 40) - 1
+    colour = np.eye(3)[c] * 0.7 + 0.3
+    img = 128 + 100 * pattern[..., None] * colour + rng.normal(0, 3, (size, size, 3))
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def make_shards(root: Path, per_class: dict[str, int], seed: int = 0, shard_size: int = 50):
+    """WebDataset shards (`<split>-NNNNNN.tar`, PNG + cls) and dataset.json, like `data pack`."""
+    import webdataset as wds
+
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    splits = {}
+    for split, n in per_class.items():
+        samples = [(c, synthetic_image(c, rng)) for c in range(len(CLASSES)) for _ in range(n)]
+        order = rng.permutation(len(samples))
+        shards = []
+        for s in range(0, len(samples), shard_size):
+            name = f"{split}-{s // shard_size:06d}.tar"
+            with wds.TarWriter(str(root / name)) as w:
+                for i in order[s : s + shard_size]:
+                    c, img = samples[i]
+                    buf = io.BytesIO()
+                    Image.fromarray(img).save(buf, format="PNG")
+                    w.write({"__key__": f"{i:06d}", "png": buf.getvalue(), "cls": str(c).encode()})
+            shards.append({"name": name, "num_samples": len(order[s : s + shard_size])})
+        splits[split] = {"num_samples": len(samples), "shards": shards}
+    manifest = {
+        "format": "ganforge-shards/1",
+        "image_size": 32,
+        "channels": 3,
+        "encoding": "png",
+        "classes": CLASSES,
+        "splits": splits,
+    }
+    (root / "dataset.json").write_text(json.dumps(manifest))
+    return root
+
+
+def train_tiny_classifier(shards: Path, out: Path) -> dict:
+    from ganforge.quality.classifier_training import train_classifier
+
+    return train_classifier(
+        shards, out, epochs=3, batch_size=32, lr=0.1, widths=(8, 16, 32), progress=False
+    )

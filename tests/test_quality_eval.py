@@ -1,0 +1,179 @@
+"""`ganforge eval` end to end on tiny checkpoints (written with write_weights_checkpoint, no
+training) and tiny shards; bad input; `ganforge study` when training is available."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from ganforge.checkpoint import write_weights_checkpoint
+from ganforge.cli import app
+from ganforge.config import load_config, resolve_config_path
+from ganforge.models import build_discriminator, build_generator
+from tests.quality_helpers import CLASSES, make_shards, train_tiny_classifier
+
+runner = CliRunner()
+TINY = {"model.width": 8, "model.z_dim": 16, "model.embed_dim": 8, "model.kernels": "torch"}
+
+
+def make_run(root: Path, variant: str, steps: list[int]) -> Path:
+    """A run dir with one checkpoint per step (random weights: evaluation only needs a G)."""
+    overrides = dict(TINY, **{"run_dir": str(root)})
+    if variant.startswith("c"):
+        overrides["model.num_classes"] = len(CLASSES)
+    cfg = load_config(resolve_config_path(variant), overrides)
+    for step in steps:
+        torch.manual_seed(step)
+        g, d = build_generator(cfg.model), build_discriminator(cfg.model)
+        write_weights_checkpoint(
+            root / "checkpoints" / f"checkpoint_{step:06d}", cfg, g, g, d, step, step * 64, CLASSES
+        )
+    return root
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("quality-eval")
+    shards = make_shards(root / "shards", {"train": 40, "test": 20})
+    train_tiny_classifier(shards, root / "clf.pt")
+    runs = [make_run(root / "dcgan", "dcgan", [10, 20]), make_run(root / "cdcgan", "cdcgan", [20])]
+    return root, shards, runs
+
+
+def invoke(*args: str):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def test_eval_end_to_end(setup):
+    root, shards, runs = setup
+    out = root / "report"
+    res = invoke(
+        "eval",
+        *runs,
+        "--data",
+        shards,
+        "--out",
+        out,
+        "--num-samples",
+        60,
+        "--checkpoint",
+        "all",
+        "--classifier",
+        root / "clf.pt",
+        "--class",
+        "checks",
+    )
+    assert res.exit_code == 0, res.output
+    for name in (
+        "report.md",
+        "report.html",
+        "metrics.json",
+        "grid-checks.png",
+        "grid-random.png",
+        "metrics-over-steps.png",
+    ):
+        assert (out / name).is_file(), name
+    body = json.loads((out / "metrics.json").read_text())
+    assert "CIFAR-style classifier clf.pt" in body["extractor"]
+    assert body["settings"]["num_samples"] == 60 and body["real"]["num_images"] == 120
+    dcgan, cdcgan = body["runs"]
+    assert [c["step"] for c in dcgan["checkpoints"]] == [10, 20]
+    m = cdcgan["latest"]
+    for key in (
+        "fid",
+        "kid_mean",
+        "kid_std",
+        "precision",
+        "recall",
+        "classifier_score",
+        "per_class_accuracy",
+        "mean_class_accuracy",
+        "intra_fid",
+        "stats",
+    ):
+        assert key in m, key
+    assert set(m["per_class_accuracy"]) == set(CLASSES)
+    assert set(m["stats"]) == {"sharpness", "noise_sigma", "chroma_noise", "high_freq_share"}
+    assert "per_class_accuracy" not in dcgan["latest"]  # unconditional: no intended class
+    assert m["fid"] > 0 and 0 <= m["precision"] <= 1
+    md = (out / "report.md").read_text()
+    assert "not comparable with published" in md and "grid-checks.png" in md
+    assert "<table>" in (out / "report.html").read_text()
+    # each run also gets its own figures for the serving app
+    per_run = json.loads((runs[1] / "quality" / "metrics.json").read_text())
+    assert per_run["step"] == 20 and per_run["fid"] == pytest.approx(m["fid"])
+
+
+def test_eval_bad_input(setup, tmp_path):
+    root, shards, runs = setup
+    common = ["--data", shards, "--out", tmp_path / "r", "--classifier", root / "clf.pt"]
+    res = invoke("eval", tmp_path / "nope", *common)
+    assert res.exit_code == 2 and "no such run directory" in res.output
+    res = invoke("eval", runs[0], *common, "--class", "automobile")
+    assert res.exit_code == 2 and "unknown class 'automobile'" in res.output
+    assert "stripes" in res.output
+    res = invoke("eval", runs[0], *common, "--checkpoint", "15")
+    assert res.exit_code == 2 and "no checkpoint at step 15 (has: 10, 20)" in res.output
+    res = invoke("eval", tmp_path, *common)
+    assert res.exit_code == 2 and "no checkpoints" in res.output
+    res = invoke("eval", runs[0], "--data", tmp_path, "--out", tmp_path / "r")
+    assert res.exit_code == 2 and "dataset.json" in res.output
+    res = invoke("eval", runs[0], *common[:4], "--classifier", tmp_path / "missing.pt")
+    assert res.exit_code == 2 and "classifier weights not found" in res.output
+
+
+def test_study_plan_budget(tmp_path):
+    """Same real images through the critic: n_critic=5 variants get a fifth of the G steps."""
+    from ganforge.quality.study import plan
+
+    plans, configs = plan(tmp_path, ["dcgan", "wgan-gp"], "shards", 100, "images", 1, 16, 0)
+    by = {p.variant: p for p in plans}
+    assert by["dcgan"].max_steps == 100 and by["wgan-gp"].max_steps == 20
+    assert configs["wgan-gp"].train.micro_batch == 16 and not by["dcgan"].finished
+    plans, _ = plan(tmp_path, ["wgan-gp"], "shards", 100, "g-steps", 1, None, 0)
+    assert plans[0].max_steps == 100
+
+
+@pytest.mark.slow
+def test_study_trains_then_reuses(setup, tmp_path):
+    """Real Ray + DeepSpeed training of one tiny conditional variant, then the comparison."""
+    try:
+        import ganforge.cluster.launch  # noqa: F401
+    except ImportError:
+        pytest.skip("training not available")
+    import ray
+
+    root, shards, _ = setup
+    args = [
+        "study",
+        "--data",
+        shards,
+        "--steps",
+        2,
+        "--out",
+        tmp_path / "study",
+        "--variants",
+        "cdcgan",
+        "--micro-batch",
+        8,
+        "--num-samples",
+        30,
+        "--classifier",
+        root / "clf.pt",
+    ]
+    try:
+        res = invoke(*args)
+        assert res.exit_code == 0, res.output
+        body = json.loads((tmp_path / "study" / "report" / "metrics.json").read_text())
+        assert [r["variant"] for r in body["runs"]] == ["cdcgan"]
+        assert body["runs"][0]["latest"]["step"] == 2
+        assert body["study"]["variants"]["cdcgan"]["max_steps"] == 2
+        res = invoke(*args)  # second time: the run reached the budget, nothing retrains
+        assert res.exit_code == 0 and "cdcgan: reusing" in res.output, res.output
+        assert "training" not in res.output.split("reusing")[0]
+    finally:
+        ray.shutdown()
