@@ -34,7 +34,8 @@ def render() -> str:
 
 
 def first_heading(path: Path) -> str:
-    return next(line[3:].strip() for line in path.read_text().splitlines() if line.startswith("## "))
+    lines = path.read_text().splitlines()
+    return next(line[3:].strip() for line in lines if line.startswith("## "))
 
 
 def anchor(title: str) -> str:
