@@ -162,6 +162,11 @@ def study_cmd(
         None, "--classifier", help="Classifier weights (default: the shipped CIFAR-10 one)."
     ),
     seed: int = typer.Option(0, "--seed", help="Training and evaluation seed."),
+    set_: list[str] = typer.Option(
+        [],
+        "--set",
+        help="Config override for every variant, e.g. --set model.width=32 (repeatable).",
+    ),
 ) -> None:
     """Train every variant with the same budget (reusing finished runs), then compare them."""
     if budget not in ("images", "g-steps"):
@@ -171,7 +176,7 @@ def study_cmd(
     except ImportError as e:
         typer.echo(f"error: training is not available ({e})", err=True)
         raise typer.Exit(2) from None
-    from ganforge.config import ConfigError
+    from ganforge.config import ConfigError, parse_override
     from ganforge.quality.evaluate import EvalError, EvalSettings
     from ganforge.quality.features import ExtractorError
     from ganforge.quality.real_images import DataError
@@ -185,7 +190,10 @@ def study_cmd(
         classifier=str(classifier) if classifier else None,
     )
     try:
-        body = run_study(data, steps, out, variants, num_workers, budget, micro_batch, seed, s)
+        overrides = dict(parse_override(x) for x in set_)
+        body = run_study(
+            data, steps, out, variants, num_workers, budget, micro_batch, seed, s, True, overrides
+        )
     except (ConfigError, EvalError, DataError, ExtractorError) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None

@@ -42,8 +42,13 @@ def variant_config(
     num_workers: int,
     micro_batch: int | None,
     seed: int,
+    overrides: dict | None = None,
 ):
-    """The shipped config of `variant` with the study's budget, data and run dir applied."""
+    """The shipped config of `variant` with the study's budget, data and run dir applied.
+
+    `overrides` (config key -> value, e.g. {"model.width": 32}) apply to every variant alike, so
+    a small CPU study can shrink the models without changing what is compared.
+    """
     from ganforge.config import load_config, resolve_config_path
 
     base = load_config(resolve_config_path(variant))
@@ -63,15 +68,18 @@ def variant_config(
             "train.seed": seed,
             "train.micro_batch": micro_batch,
             "cluster.num_workers": num_workers,
-        },
+        }
+        | (overrides or {}),
     )
 
 
-def plan(out: Path, variants, data, steps, budget, num_workers, micro_batch, seed):
+def plan(out: Path, variants, data, steps, budget, num_workers, micro_batch, seed, overrides=None):
     plans, configs = [], {}
     for v in variants:
         run_dir = out / "runs" / v
-        cfg = variant_config(v, data, steps, run_dir, budget, num_workers, micro_batch, seed)
+        cfg = variant_config(
+            v, data, steps, run_dir, budget, num_workers, micro_batch, seed, overrides
+        )
         found = list_checkpoints(run_dir / "checkpoints")
         done = found[0][0] if found else 0
         plans.append(StudyPlan(v, run_dir, cfg.train.max_steps, cfg.loss.n_critic, done))
@@ -90,13 +98,16 @@ def run_study(
     seed: int = 0,
     eval_settings=None,
     progress: bool = True,
+    overrides: dict | None = None,
 ) -> dict:
     """Train (or reuse) each variant's run under OUT/runs/<variant>, then write OUT/report."""
     from ganforge.cluster.launch import run_training
     from ganforge.quality.evaluate import EvalSettings, evaluate_runs
 
     out = Path(out)
-    plans, configs = plan(out, variants, str(data), steps, budget, num_workers, micro_batch, seed)
+    plans, configs = plan(
+        out, variants, str(data), steps, budget, num_workers, micro_batch, seed, overrides
+    )
     for p in plans:
         if p.finished:
             print(f"{p.variant}: reusing {p.run_dir} (step {p.done_steps} >= {p.max_steps})")
@@ -111,6 +122,7 @@ def run_study(
         "budget": budget,
         "steps": steps,
         "num_workers": num_workers,
+        "overrides": overrides or {},
         "variants": {
             p.variant: {
                 "max_steps": p.max_steps,

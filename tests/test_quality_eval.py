@@ -136,6 +136,11 @@ def test_study_plan_budget(tmp_path):
     assert configs["wgan-gp"].train.micro_batch == 16 and not by["dcgan"].finished
     plans, _ = plan(tmp_path, ["wgan-gp"], "shards", 100, "g-steps", 1, None, 0)
     assert plans[0].max_steps == 100
+    # --set applies to every variant alike
+    _, configs = plan(
+        tmp_path, ["dcgan", "wgan"], "s", 10, "images", 1, None, 0, {"model.width": 16}
+    )
+    assert {c.model.width for c in configs.values()} == {16}
 
 
 @pytest.mark.slow
@@ -164,6 +169,8 @@ def test_study_trains_then_reuses(setup, tmp_path):
         30,
         "--classifier",
         root / "clf.pt",
+        "--set",
+        "model.width=8",
     ]
     try:
         res = invoke(*args)
@@ -172,6 +179,9 @@ def test_study_trains_then_reuses(setup, tmp_path):
         assert [r["variant"] for r in body["runs"]] == ["cdcgan"]
         assert body["runs"][0]["latest"]["step"] == 2
         assert body["study"]["variants"]["cdcgan"]["max_steps"] == 2
+        assert body["study"]["overrides"] == {"model.width": 8}
+        run_cfg = (tmp_path / "study" / "runs" / "cdcgan" / "config.yaml").read_text()
+        assert "width: 8" in run_cfg
         res = invoke(*args)  # second time: the run reached the budget, nothing retrains
         assert res.exit_code == 0 and "cdcgan: reusing" in res.output, res.output
         assert "training" not in res.output.split("reusing")[0]
