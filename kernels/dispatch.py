@@ -7,6 +7,7 @@ from collections.abc import Callable
 import torch
 
 from ganforge.kernels import reference as ref
+from ganforge.kernels.utils import check_triton_device
 
 BACKENDS = ("auto", "torch", "triton")
 
@@ -20,11 +21,19 @@ def triton_available() -> bool:
 
 
 def resolve_backend(backend: str, device: torch.device) -> str:
-    """Map "auto" to a concrete backend for tensors on `device`."""
+    """Map "auto" to a concrete backend for tensors on `device`.
+
+    "triton" on a non-CUDA device is refused with a RuntimeError unless TRITON_INTERPRET=1 (the
+    Triton interpreter, used by the CPU tests): use "auto" or "torch" there.
+    """
     if backend not in BACKENDS:
         raise ValueError(f"kernel backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "auto":
         return "triton" if device.type == "cuda" and triton_available() else "torch"
+    if backend == "triton":
+        if not triton_available():
+            raise RuntimeError("kernels: triton requested but triton is not installed")
+        check_triton_device(device)
     return backend
 
 
@@ -63,7 +72,7 @@ def gradient_penalty(
     if eps is None:
         eps = torch.rand(real.shape[0], device=real.device)
     if resolve_backend(backend, real.device) == "triton":
-        from ganforge.kernels.gradient_penalty import gradient_penalty_triton
+        from ganforge.kernels.penalty import gradient_penalty_triton
 
         return gradient_penalty_triton(critic, real, fake, lam, eps)
     x_hat = ref.interpolate_ref(real, fake.detach(), eps).requires_grad_(True)
