@@ -4,7 +4,13 @@ Both run the same models, batch, data loader and number of threads; the differen
 overhead of Ray Train + DeepSpeed engines. Throughput = real images through the critic per
 second (n_critic batches per generator step). Prints JSON.
 
+The plain loop also runs in kernel modes (`--modes`): `eager` (PyTorch reference kernels),
+`compile` (`torch.compile` of G and D; the penalty's double backward runs through D's eager
+module, since compiled graphs do not support it) and `triton` (ganforge's Triton kernels; CUDA
+only, skipped with the reason elsewhere).
+
     python bench/train_throughput.py --data DIR --steps 60 --variants dcgan wgan-gp
+    python bench/train_throughput.py --data DIR --device cuda --modes eager compile triton
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -41,7 +48,12 @@ def _config(
     )
 
 
-def plain_pytorch(cfg: GanforgeConfig, urls: list[str], warmup: int) -> float:
+MODES = ("eager", "compile", "triton")
+
+
+def plain_pytorch(
+    cfg: GanforgeConfig, urls: list[str], warmup: int, mode: str = "eager", device: str = "cpu"
+) -> float:
     """The reference: same models/losses/penalty, torch optimizers, no Ray, no DeepSpeed."""
     from ganforge.cluster.data import build_loader
     from ganforge.kernels import gradient_penalty
@@ -51,7 +63,13 @@ def plain_pytorch(cfg: GanforgeConfig, urls: list[str], warmup: int) -> float:
     torch.set_num_threads(cfg.cluster.cpus_per_worker)
     torch.manual_seed(0)
     spec = get_variant(cfg.model.variant)
-    g, d = build_generator(cfg.model), build_discriminator(cfg.model)
+    backend = "triton" if mode == "triton" else "torch"
+    cfg.model.kernels = backend
+    g, d = build_generator(cfg.model).to(device), build_discriminator(cfg.model).to(device)
+    # `d_eager` serves the penalty: its create_graph backward cannot run through a compiled graph.
+    d_eager = d
+    if mode == "compile":
+        g, d = torch.compile(g), torch.compile(d)
     opt = {"adam": torch.optim.Adam, "rmsprop": torch.optim.RMSprop}
     kw_g = {"betas": cfg.optim_g.betas} if cfg.optim_g.name == "adam" else {}
     kw_d = {"betas": cfg.optim_d.betas} if cfg.optim_d.name == "adam" else {}
@@ -73,24 +91,33 @@ def plain_pytorch(cfg: GanforgeConfig, urls: list[str], warmup: int) -> float:
     ncls = g.num_classes
 
     def labels():
-        return torch.randint(0, ncls, (b,)) if spec.conditional else None
+        return torch.randint(0, ncls, (b,), device=device) if spec.conditional else None
+
+    def noise():
+        return torch.randn(b, cfg.model.z_dim, device=device)
 
     t0, n_images = None, 0
     for step in range(cfg.train.max_steps):
         if step == warmup:
+            _sync(device)
             t0, n_images = time.perf_counter(), 0
         for _ in range(cfg.loss.n_critic):
             real, y = next(batches)
+            real, y = real.to(device, non_blocking=True), y.to(device, non_blocking=True)
             y = y if spec.conditional else None
             yf = labels()
             with torch.no_grad():
-                fake = g(torch.randn(b, cfg.model.z_dim), yf)
+                fake = g(noise(), yf)
             loss = d_loss(cfg.loss.kind, d(real, y), d(fake, yf))
             if cfg.loss.gp_lambda > 0:
                 loss = (
                     loss
                     + gradient_penalty(
-                        lambda x, y=y: d(x, y), real, fake, cfg.loss.gp_lambda, backend="torch"
+                        lambda x, y=y: d_eager(x, y),
+                        real,
+                        fake,
+                        cfg.loss.gp_lambda,
+                        backend=backend,
                     )[0]
                 )
             opt_d.zero_grad(set_to_none=True)
@@ -104,13 +131,27 @@ def plain_pytorch(cfg: GanforgeConfig, urls: list[str], warmup: int) -> float:
         yf = labels()
         for p in d.parameters():
             p.requires_grad_(False)
-        lg = g_loss(cfg.loss.kind, d(g(torch.randn(b, cfg.model.z_dim), yf), yf))
+        lg = g_loss(cfg.loss.kind, d(g(noise(), yf), yf))
         opt_g.zero_grad(set_to_none=True)
         lg.backward()
         opt_g.step()
         for p in d.parameters():
             p.requires_grad_(True)
+    _sync(device)
     return n_images / (time.perf_counter() - t0)
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()  # CUDA runs asynchronously: time the work, not the launches
+
+
+def plain_mode(cfg: GanforgeConfig, urls, warmup: int, mode: str, device: str) -> float | None:
+    """One plain-loop measurement; None (and a note on stderr) where the mode cannot run."""
+    if mode == "triton" and not device.startswith("cuda"):
+        print(f"{cfg.model.variant}: triton mode needs --device cuda; skipped", file=sys.stderr)
+        return None
+    return plain_pytorch(cfg.model_copy(deep=True), urls, warmup, mode, device)
 
 
 def ganforge_train(cfg: GanforgeConfig) -> float:
@@ -133,6 +174,10 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=60, help="generator steps per measurement")
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--threads", type=int, default=2, help="torch threads (= CPUs per worker)")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (ganforge train then uses --gpu)")
+    ap.add_argument(
+        "--modes", nargs="+", default=["eager"], choices=MODES, help="plain-loop kernel modes"
+    )
     ap.add_argument("--out", default=None, help="also write the JSON here")
     args = ap.parse_args()
 
@@ -140,22 +185,26 @@ def main() -> None:
 
     from ganforge.cluster.data import resolve_data
 
-    ray.init(num_cpus=args.threads, logging_level="ERROR", log_to_driver=False)
+    gpus = 1 if args.device.startswith("cuda") else 0
+    ray.init(num_cpus=args.threads, num_gpus=gpus, logging_level="ERROR", log_to_driver=False)
     results = []
     for variant in args.variants:
         with tempfile.TemporaryDirectory() as tmp:
             cfg = _config(variant, args.data, args.steps, args.batch, args.threads, tmp + "/run")
+            cfg.cluster.gpu = bool(gpus)
             urls, manifest = resolve_data(cfg.data)
             if manifest and cfg.model.num_classes == 0:
                 cfg.model.num_classes = len(manifest["classes"])
-            plain = plain_pytorch(cfg.model_copy(deep=True), urls, warmup=args.steps // 6)
+            plain = {
+                mode: plain_mode(cfg, urls, args.steps // 6, mode, args.device)
+                for mode in args.modes
+            }
             ours = ganforge_train(cfg)
-        row = {
-            "variant": variant,
-            "plain_pytorch_img_s": round(plain, 1),
-            "ganforge_img_s": round(ours, 1),
-            "overhead": round(1 - ours / plain, 4),
-        }
+        row = {"variant": variant, "ganforge_img_s": round(ours, 1)}
+        for mode, rate in plain.items():
+            row[f"plain_{mode}_img_s"] = rate if rate is None else round(rate, 1)
+        if plain.get("eager"):
+            row["overhead"] = round(1 - ours / plain["eager"], 4)
         print(json.dumps(row), flush=True)
         results.append(row)
     out = {
@@ -163,6 +212,7 @@ def main() -> None:
         **environment(),
         "batch": args.batch,
         "threads": args.threads,
+        "modes": args.modes,
         "steps": args.steps,
         "results": results,
         "goal": "Ray + DeepSpeed overhead <= 10% on CPU (1 worker, batch 64, 32x32)",
