@@ -26,16 +26,15 @@ def sections() -> list[Path]:
 
 def render() -> str:
     head = (ROOT / "README.md").read_text().split(MARKER)[0].rstrip() + "\n\n"
-    toc = "## Contents\n\n" + "".join(
-        f"- [{title}](#{anchor(title)})\n" for title in (first_heading(p) for p in sections())
-    )
+    titles = [title for p in sections() for title in headings(p)]
+    toc = "## Contents\n\n" + "".join(f"- [{title}](#{anchor(title)})\n" for title in titles)
     body = "\n".join(p.read_text().rstrip() + "\n" for p in sections())
     return head + MARKER + "\n\n" + toc + "\n" + body
 
 
-def first_heading(path: Path) -> str:
-    lines = path.read_text().splitlines()
-    return next(line[3:].strip() for line in lines if line.startswith("## "))
+def headings(path: Path) -> list[str]:
+    """Every level-2 heading of a section file (a file may hold more than one section)."""
+    return [line[3:].strip() for line in path.read_text().splitlines() if line.startswith("## ")]
 
 
 def anchor(title: str) -> str:
