@@ -86,7 +86,7 @@ def demo(
     """
     import time
 
-    from ganforge.checkpoint import resolve_checkpoint
+    from ganforge.checkpoint import list_checkpoints, resolve_checkpoint
     from ganforge.cluster.launch import run_training
     from ganforge.config import load_config, resolve_config_path
 
@@ -95,7 +95,16 @@ def demo(
         cfg = load_config(
             resolve_config_path("demo"), {"run_dir": str(out), "train.max_steps": max_steps}
         )
-        run = run_training(cfg, resume=None)
+        done = list_checkpoints(out / "checkpoints")
+        if done and done[0][0] >= cfg.train.max_steps:
+            # A second `make demo` shows the finished run instead of failing on it.
+            typer.echo(
+                f"{out} already holds the finished demo (step {done[0][0]}); delete it "
+                "or pass --out DIR to train again."
+            )
+            run = out
+        else:
+            run = run_training(cfg, resume=None)
     except ConfigError as e:
         _fail(str(e))
     ckpt = resolve_checkpoint(run)

@@ -181,7 +181,8 @@ def _format_validation_error(err: ValidationError, source: str) -> str:
         loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
         if e["type"] == "extra_forbidden":
             lines.append(
-                f"  - unknown key '{loc}' (check the spelling; see `ganforge config show`)"
+                f"  - unknown key '{loc}' (check the spelling; the fields are documented in "
+                "ganforge/config.py and used in configs/*.yaml)"
             )
         else:
             got = e.get("input")

@@ -122,6 +122,11 @@ def test_killed_worker_restarts_from_checkpoint_and_finishes(shards, tmp_path, r
     assert steps[-1] == 8
     starts = [int(p.read_text()) for p in (run / ".launches").iterdir()]
     assert starts == [2], "the worker group should have started twice (one restart)"
+    # Restored from a checkpoint, not from scratch: step 1 is logged once (log_every=1), and
+    # any step the restart logs again lies after the first checkpoint (step 2).
+    assert steps.count(1) == 1, f"the restart began from scratch: {steps}"
+    again = [b for a, b in zip(steps, steps[1:], strict=False) if b <= a]
+    assert all(b > 2 for b in again), f"the restart did not resume from a checkpoint: {steps}"
 
 
 def test_corrupt_latest_checkpoint_is_skipped(shards, tmp_path, ray_cluster):

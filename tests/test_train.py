@@ -95,3 +95,20 @@ def test_run_dir_of_another_config_is_refused(shards, tmp_path, ray_cluster):
         run_training(tiny_config("wgan-gp", shards, tmp_path / "r"))
     with pytest.raises(ConfigError, match="--resume"):
         run_training(tiny_config("dcgan", shards, tmp_path / "r"), resume=False)
+
+
+def test_demo_runs_and_a_second_run_shows_the_finished_result(tmp_path, ray_cluster):
+    """`ganforge demo` (the README's first command) end to end on the embedded data, cut to 2
+    steps; running it again must not fail on the finished run dir (a second `make demo`)."""
+    from typer.testing import CliRunner
+
+    from ganforge.cli import app
+
+    args = ["demo", "--out", str(tmp_path / "demo"), "--max-steps", "2"]
+    first = CliRunner().invoke(app, args)
+    assert first.exit_code == 0, first.output
+    assert "Demo finished" in first.output and "serve it:" in first.output
+    assert list_checkpoints(tmp_path / "demo" / "checkpoints")[0][0] == 2
+    again = CliRunner().invoke(app, args)
+    assert again.exit_code == 0, again.output
+    assert "already holds the finished demo" in again.output
