@@ -157,6 +157,14 @@ class GanforgeConfig(_Section):
                 f"train.precision={self.train.precision} needs a GPU (cluster.gpu / --gpu); "
                 "CPU training runs in fp32"
             )
+        if self.loss.clip_value and (self.train.zero_stage > 0 or self.train.precision != "fp32"):
+            # Clipping clamps the module's weights in place; under ZeRO >= 1 or bf16/fp16
+            # DeepSpeed keeps fp32 master copies and overwrites the module from them each step.
+            raise ValueError(
+                "loss.clip_value (WGAN weight clipping) needs train.zero_stage=0 and "
+                "train.precision=fp32: DeepSpeed's fp32 master weights would undo the clipping; "
+                "use wgan-gp for ZeRO or mixed precision"
+            )
         return self
 
     def resolved_run_dir(self) -> Path:

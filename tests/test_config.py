@@ -54,3 +54,11 @@ def test_recipe_contradictions_are_refused():
     cfg = load_config(None, {"model.variant": "nope"})
     with pytest.raises(ValueError, match="registered variants"):
         check_recipe(cfg.model, cfg.loss)
+
+
+def test_weight_clipping_is_refused_where_deepspeed_would_undo_it():
+
+    for override in ({"train.zero_stage": 1}, {"train.precision": "bf16", "cluster.gpu": True}):
+        with pytest.raises(ConfigError, match="clip_value"):
+            load_config(resolve_config_path("wgan"), override)
+    assert load_config(resolve_config_path("wgan"), {"train.zero_stage": 0}).loss.clip_value
