@@ -105,9 +105,11 @@ class AppArgs(_Strict):
         if self.max_ongoing_requests is not None and self.max_ongoing_requests < min(
             self.max_batch_size, self.max_images_per_request
         ):
+            fill = min(self.max_batch_size, self.max_images_per_request)
             raise ValueError(
-                f"max_ongoing_requests={self.max_ongoing_requests} is below max_batch_size="
-                f"{self.max_batch_size}: batches could never fill"
+                f"max_ongoing_requests={self.max_ongoing_requests} is below {fill} (max_batch_size"
+                f"={self.max_batch_size}, or max_images_per_request when smaller): batches could "
+                "never fill"
             )
         return self
 
