@@ -34,7 +34,10 @@ def head(tmp_path_factory):
     if ray.is_initialized():
         ray.shutdown()
     port, dash = _free_port(), _free_port()
-    env = os.environ | {"RAY_USAGE_STATS_ENABLED": "0"}
+    # Like a user who activated the virtualenv before `ray start`: jobs inherit the head's PATH,
+    # and `ganforge submit` runs the `ganforge` found there (as in the Docker image).
+    path = f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"
+    env = os.environ | {"RAY_USAGE_STATS_ENABLED": "0", "PATH": path}
     started = _ray(
         "start",
         "--head",
