@@ -71,12 +71,18 @@ def gradient_penalty(
     """
     if eps is None:
         eps = torch.rand(real.shape[0], device=real.device)
+    # One flow for both backends; only the two fused pieces (interpolation, penalty from the
+    # gradient) are swapped. The critic and its create_graph backward stay in PyTorch.
+    interpolate, penalty_from_grad = ref.interpolate_ref, ref.penalty_from_grad_ref
     if resolve_backend(backend, real.device) == "triton":
-        from ganforge.kernels.penalty import gradient_penalty_triton
+        from ganforge.kernels.penalty import interpolate_triton, penalty_from_grad_triton
 
-        return gradient_penalty_triton(critic, real, fake, lam, eps)
-    x_hat = ref.interpolate_ref(real, fake.detach(), eps).requires_grad_(True)
+        interpolate, penalty_from_grad = interpolate_triton, penalty_from_grad_triton
+    x_hat = interpolate(real, fake.detach(), eps).requires_grad_(True)
     scores = critic(x_hat)
+    # Only x_hat's gradient is requested, so autograd prunes the weight-gradient branches of this
+    # inner backward; create_graph=True keeps the graph from the gradient back to the critic's
+    # parameters, which the outer backward of the penalty walks.
     (grad,) = torch.autograd.grad(scores.sum(), x_hat, create_graph=True)
-    penalty, norms = ref.penalty_from_grad_ref(grad, lam)
+    penalty, norms = penalty_from_grad(grad, lam)
     return penalty, norms.mean().detach()

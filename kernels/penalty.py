@@ -12,8 +12,6 @@ works once made contiguous.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 import triton
 import triton.language as tl
@@ -150,27 +148,3 @@ def penalty_from_grad_triton(grad: torch.Tensor, lam: float) -> tuple[torch.Tens
             f"grad must be [B, ...] with B >= 1 and non-empty samples, got {grad.shape}"
         )
     return PenaltyFromGrad.apply(grad, lam)
-
-
-def gradient_penalty_triton(
-    critic: Callable[[torch.Tensor], torch.Tensor],
-    real: torch.Tensor,
-    fake: torch.Tensor,
-    lam: float,
-    eps: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Same contract as `dispatch.gradient_penalty` (torch branch), Triton for the fused parts.
-
-    real, fake: [B, C, H, W]; eps: [B] in [0, 1] (drawn if None); critic: x_hat -> scores [B].
-    Returns (penalty: fp32 scalar with a graph to the critic's parameters, mean norm: detached).
-    """
-    if eps is None:
-        eps = torch.rand(real.shape[0], device=real.device)
-    x_hat = interpolate_triton(real, fake.detach(), eps).requires_grad_(True)
-    scores = critic(x_hat)
-    # Only x_hat's gradient is requested, so autograd prunes the weight-gradient branches of this
-    # inner backward; create_graph=True keeps the graph from g back to the critic's parameters,
-    # which the outer backward of the penalty (through PenaltyFromGrad.backward) walks.
-    (grad,) = torch.autograd.grad(scores.sum(), x_hat, create_graph=True)
-    penalty, norms = penalty_from_grad_triton(grad, lam)
-    return penalty, norms.mean().detach()
