@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from ganforge.checkpoint import checkpoint_root, list_checkpoints
+from ganforge.checkpoint import CheckpointError, checkpoint_root, list_checkpoints, read_marker
 from ganforge.config import ConfigError, GanforgeConfig
 
 
@@ -95,6 +95,8 @@ def prepare_run(cfg: GanforgeConfig, resume: bool | None = None) -> PreparedRun:
             f"{run_dir} already holds checkpoints (latest step {existing[0][0]}); "
             "pass --resume to continue it or choose another --run-dir"
         )
+    if existing:
+        _check_world_size(existing[0][1], cfg.cluster.num_workers)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(cfg.to_yaml())
     start = existing[0][0] if existing else 0
@@ -104,6 +106,20 @@ def prepare_run(cfg: GanforgeConfig, resume: bool | None = None) -> PreparedRun:
             "raise --max-steps to train further"
         )
     return PreparedRun(cfg, run_dir, urls, classes, existing[0][1] if existing else None, start)
+
+
+def _check_world_size(ckpt: Path, num_workers: int) -> None:
+    """Refuse, before any worker starts, to resume with another worker count: each rank restores
+    its own engine and data-position files, so the checkpoint only fits the world that wrote it."""
+    try:
+        saved = read_marker(ckpt).get("world_size")
+    except CheckpointError:
+        return  # incomplete newest checkpoint: the workers skip it and pick an older one
+    if saved is not None and int(saved) != num_workers:
+        raise ConfigError(
+            f"{ckpt.parent.parent} was trained with --num-workers {saved}; resume it with "
+            f"--num-workers {saved} (this launch asks for {num_workers}), or start a new --run-dir"
+        )
 
 
 class ProgressTail:

@@ -15,6 +15,7 @@ import torch
 
 from ganforge.checkpoint import list_checkpoints, verify
 from ganforge.cluster.launch import run_training
+from ganforge.config import ConfigError
 from tests.train_helpers import pack, tiny_config
 
 pytestmark = pytest.mark.slow
@@ -95,7 +96,30 @@ def _kill_rank0_after_first_checkpoint(run_dir, killed: list):
         time.sleep(0.2)
 
 
+def _scrape(port: int) -> dict[str, float] | None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    try:
+        body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read()
+    except OSError:
+        return None
+    return {
+        s.name: s.value for f in text_string_to_metric_families(body.decode()) for s in f.samples
+    }
+
+
+def _poll_metrics(port: int, scrapes: list, stop: threading.Event) -> None:
+    while not stop.is_set():
+        got = _scrape(port)
+        if got:
+            scrapes.append(got)
+        time.sleep(0.1)
+
+
 def test_killed_worker_restarts_from_checkpoint_and_finishes(shards, tmp_path, ray_cluster):
+    from tests.test_engines import _free_port
+
+    port = _free_port()
     cfg = tiny_config(
         "wgan-gp",
         shards,
@@ -105,16 +129,28 @@ def test_killed_worker_restarts_from_checkpoint_and_finishes(shards, tmp_path, r
             "train.max_steps": 8,
             "train.checkpoint_every": 2,
             "cluster.max_failures": 3,
+            "cluster.metrics_port": port,
         },
     )
     killed: list[int] = []
+    scrapes: list[dict] = []
+    stop = threading.Event()
     watcher = threading.Thread(
         target=_kill_rank0_after_first_checkpoint, args=(tmp_path / "k", killed), daemon=True
     )
+    poller = threading.Thread(target=_poll_metrics, args=(port, scrapes, stop), daemon=True)
     watcher.start()
+    poller.start()
     run = run_training(cfg, show_progress=False)
+    stop.set()
     watcher.join(timeout=1)
+    poller.join(timeout=5)
     assert killed, "the worker was never killed (no checkpoint appeared)"
+    # The restarted rank 0 exports the restart count, the penalty and the checkpoint duration.
+    after = [s for s in scrapes if s.get("ganforge_train_restarts") == 1]
+    assert after, f"no scrape after the restart showed ganforge_train_restarts=1 ({len(scrapes)})"
+    assert any(s["ganforge_train_gp"] > 0 for s in after), "gp gauge never set after restart"
+    assert any(s["ganforge_train_checkpoint_seconds"] > 0 for s in after), "no checkpoint time"
     meta = verify(list_checkpoints(run / "checkpoints")[0][1])
     assert meta["step"] == 8
     assert meta["images_seen"] == 8 * 5 * 8 * 2  # steps x n_critic x micro x workers
@@ -141,11 +177,17 @@ def test_corrupt_latest_checkpoint_is_skipped(shards, tmp_path, ray_cluster):
     out = (resumed / "metrics.jsonl").read_text().splitlines()
     steps_after = [json.loads(x)["step"] for x in out][4:]
     assert steps_after[0] == 3, "should resume from step 2 (step 4 is corrupt), logging step 3"
+    # Another worker count cannot restore per-rank state: refused before any worker starts.
+    with pytest.raises(ConfigError, match="--num-workers 1"):
+        run_training(
+            tiny_config(
+                "dcgan", shards, tmp_path / "c", **{"train.max_steps": 6, "cluster.num_workers": 2}
+            ),
+            show_progress=False,
+        )
 
 
 def test_prometheus_metrics_on_rank0(shards, tmp_path, ray_cluster):
-    from prometheus_client.parser import text_string_to_metric_families
-
     from tests.test_engines import _free_port
 
     port = _free_port()
@@ -162,16 +204,7 @@ def test_prometheus_metrics_on_rank0(shards, tmp_path, ray_cluster):
     samples = {}
     deadline = time.time() + 180
     while time.time() < deadline:
-        try:
-            body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read()
-        except OSError:
-            time.sleep(0.5)
-            continue
-        samples = {
-            s.name: s.value
-            for f in text_string_to_metric_families(body.decode())
-            for s in f.samples
-        }
+        samples = _scrape(port) or samples
         if samples.get("ganforge_train_step", 0) >= 2:
             break
         time.sleep(0.5)
