@@ -1,9 +1,16 @@
 """JSON schemas (draft-07) of the KubeRay ray.io/v1 and Prometheus Operator fields the chart uses.
 
 Field names follow KubeRay's Go types (`ray-operator/apis/ray/v1/{rayjob,rayservice,raycluster}
-_types.go`, v1.5-v1.6). Objects whose full field set is known there are closed with
-`additionalProperties: false`, so a misspelt or invented field fails the test. Pod templates are
-left open here: the tests validate them as core `v1/Pod` objects with kubernetes-validate.
+_types.go`) and its generated API reference (`docs/reference/api.md`). Objects are closed with
+`additionalProperties: false` and list only fields checked against those sources, so a misspelt,
+invented or too-new field fails the test. Version-dependent fields:
+- `authOptions` (RayClusterSpec) with `mode` (disabled|token): added in v1.5.1 (ray-project/
+  kuberay#4179, "Add support for Ray token auth"); not in v1.5.0 or earlier.
+- `authOptions.secretName` (a user Secret instead of one generated per cluster) and
+  `authOptions.enableK8sTokenAuth`: not in v1.5.1 (requested after it, ray-project/ray#60703);
+  listed in the v1.6 API reference, so allowed from 1.6.0.
+Pod templates are left open here: the tests validate them as core `v1/Pod` objects with
+kubernetes-validate.
 """
 
 from __future__ import annotations
@@ -28,7 +35,9 @@ def _closed(props: dict[str, Any], required: list[str] | None = None) -> dict[st
     return out
 
 
-AUTH_OPTIONS = _closed(
+# authOptions as KubeRay v1.5.1 defines it, and the fields v1.6 added.
+AUTH_OPTIONS_V1_5 = _closed({"mode": {"enum": ["disabled", "token"]}})
+AUTH_OPTIONS_V1_6 = _closed(
     {
         "mode": {"enum": ["disabled", "token"]},
         "secretName": {"type": "string", "minLength": 1},
@@ -78,25 +87,18 @@ WORKER_GROUP_SPEC = _closed(
     required=["groupName", "rayStartParams", "template", "minReplicas", "maxReplicas"],
 )
 
-RAY_CLUSTER_SPEC = _closed(
-    {
-        "headGroupSpec": HEAD_GROUP_SPEC,
-        "workerGroupSpecs": {"type": "array", "items": WORKER_GROUP_SPEC},
-        "rayVersion": {"type": "string", "pattern": r"^\d+\.\d+\.\d+$"},
-        "enableInTreeAutoscaling": {"type": "boolean"},
-        "autoscalerOptions": AUTOSCALER_OPTIONS,
-        "headServiceAnnotations": _STR_MAP,
-        "suspend": {"type": "boolean"},
-        "authOptions": AUTH_OPTIONS,
-        "managedBy": {"type": "string"},
-        "gcsFaultToleranceOptions": _OPEN,
-        "upgradeStrategy": _OPEN,
-        "networkPolicy": _OPEN,
-        "tlsOptions": _OPEN,
-        "historyServerOptions": _OPEN,
-    },
-    required=["headGroupSpec"],
-)
+# RayClusterSpec fields of KubeRay v1.5 (authOptions is added per version in schemas_for).
+_RAY_CLUSTER_FIELDS: dict[str, Any] = {
+    "headGroupSpec": HEAD_GROUP_SPEC,
+    "workerGroupSpecs": {"type": "array", "items": WORKER_GROUP_SPEC},
+    "rayVersion": {"type": "string", "pattern": r"^\d+\.\d+\.\d+$"},
+    "enableInTreeAutoscaling": {"type": "boolean"},
+    "autoscalerOptions": AUTOSCALER_OPTIONS,
+    "headServiceAnnotations": _STR_MAP,
+    "suspend": {"type": "boolean"},
+    "managedBy": {"type": "string"},
+    "gcsFaultToleranceOptions": _OPEN,
+}
 
 _METADATA = {
     "type": "object",
@@ -122,55 +124,36 @@ def _resource(kind: str, api_version: str, spec: dict[str, Any]) -> dict[str, An
     )
 
 
-RAYJOB = _resource(
-    "RayJob",
-    "ray.io/v1",
-    _closed(
-        {
-            "activeDeadlineSeconds": {"type": "integer", "minimum": 1},
-            "backoffLimit": _INT32,
-            "rayClusterSpec": RAY_CLUSTER_SPEC,
-            "submitterPodTemplate": _POD_TEMPLATE,
-            "metadata": _STR_MAP,
-            "clusterSelector": _STR_MAP,
-            "submitterConfig": _closed({"backoffLimit": _INT32}),
-            "managedBy": {"type": "string"},
-            "deletionStrategy": _OPEN,
-            "entrypoint": {"type": "string", "minLength": 1},
-            "runtimeEnvYAML": {"type": "string"},
-            "jobId": {"type": "string"},
-            "submissionMode": {
-                "enum": ["K8sJobMode", "HTTPMode", "InteractiveMode", "SidecarMode"]
-            },
-            "entrypointResources": {"type": "string"},
-            "entrypointNumCpus": {"type": "number"},
-            "entrypointNumGpus": {"type": "number"},
-            "ttlSecondsAfterFinished": _INT32,
-            "shutdownAfterJobFinishes": {"type": "boolean"},
-            "suspend": {"type": "boolean"},
-            "schedule": {"type": "string"},
-        },
-        required=["entrypoint", "rayClusterSpec"],
-    ),
-)
+_RAYJOB_FIELDS: dict[str, Any] = {
+    "activeDeadlineSeconds": {"type": "integer", "minimum": 1},
+    "backoffLimit": _INT32,
+    "submitterPodTemplate": _POD_TEMPLATE,
+    "metadata": _STR_MAP,
+    "clusterSelector": _STR_MAP,
+    "submitterConfig": _closed({"backoffLimit": _INT32}),
+    "managedBy": {"type": "string"},
+    "deletionStrategy": _OPEN,
+    "entrypoint": {"type": "string", "minLength": 1},
+    "runtimeEnvYAML": {"type": "string"},
+    "jobId": {"type": "string"},
+    "submissionMode": {"enum": ["K8sJobMode", "HTTPMode", "InteractiveMode", "SidecarMode"]},
+    "entrypointResources": {"type": "string"},
+    "entrypointNumCpus": {"type": "number"},
+    "entrypointNumGpus": {"type": "number"},
+    "ttlSecondsAfterFinished": _INT32,
+    "shutdownAfterJobFinishes": {"type": "boolean"},
+    "suspend": {"type": "boolean"},
+    "schedule": {"type": "string"},
+}
 
-RAYSERVICE = _resource(
-    "RayService",
-    "ray.io/v1",
-    _closed(
-        {
-            "serveConfigV2": {"type": "string", "minLength": 1},
-            "rayClusterConfig": RAY_CLUSTER_SPEC,
-            "serveService": _OPEN,
-            "upgradeStrategy": _OPEN,
-            "excludeHeadPodFromServeSvc": {"type": "boolean"},
-            "rayClusterDeletionDelaySeconds": _INT32,
-            "serviceUnhealthySecondThreshold": _INT32,
-            "deploymentUnhealthySecondThreshold": _INT32,
-        },
-        required=["serveConfigV2", "rayClusterConfig"],
-    ),
-)
+_RAYSERVICE_FIELDS: dict[str, Any] = {
+    "serveConfigV2": {"type": "string", "minLength": 1},
+    "serveService": _OPEN,
+    "upgradeStrategy": _OPEN,
+    "excludeHeadPodFromServeSvc": {"type": "boolean"},
+    "serviceUnhealthySecondThreshold": _INT32,
+    "deploymentUnhealthySecondThreshold": _INT32,
+}
 
 # monitoring.coreos.com/v1 PodMonitor: the subset the chart renders.
 _RELABEL = _closed(
@@ -208,4 +191,31 @@ PODMONITOR = _resource(
     ),
 )
 
-SCHEMAS = {"RayJob": RAYJOB, "RayService": RAYSERVICE, "PodMonitor": PODMONITOR}
+
+def _version(v: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in v.split("."))
+
+
+def schemas_for(kuberay_version: str = "1.5.1") -> dict[str, dict[str, Any]]:
+    """Schemas of the kinds the chart renders, as KubeRay `kuberay_version` defines them."""
+    cluster_fields = dict(_RAY_CLUSTER_FIELDS)
+    if _version(kuberay_version) >= (1, 6, 0):
+        cluster_fields["authOptions"] = AUTH_OPTIONS_V1_6
+    elif _version(kuberay_version) >= (1, 5, 1):
+        cluster_fields["authOptions"] = AUTH_OPTIONS_V1_5
+    cluster = _closed(cluster_fields, required=["headGroupSpec"])
+    rayjob = _closed(
+        _RAYJOB_FIELDS | {"rayClusterSpec": cluster}, required=["entrypoint", "rayClusterSpec"]
+    )
+    rayservice = _closed(
+        _RAYSERVICE_FIELDS | {"rayClusterConfig": cluster},
+        required=["serveConfigV2", "rayClusterConfig"],
+    )
+    return {
+        "RayJob": _resource("RayJob", "ray.io/v1", rayjob),
+        "RayService": _resource("RayService", "ray.io/v1", rayservice),
+        "PodMonitor": PODMONITOR,
+    }
+
+
+SCHEMAS = schemas_for()

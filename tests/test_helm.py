@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -21,11 +22,16 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from tests.kuberay_schema import SCHEMAS
+from tests.kuberay_schema import schemas_for
 
 ROOT = Path(__file__).resolve().parents[1]
 CHART = ROOT / "helm" / "ganforge"
+DEPLOY_DOC = ROOT / "docs" / "readme" / "deploy.md"
 K8S_VERSION = "1.30"
+# Given first to every render (the case's own file overrides it): the chart refuses to guess the
+# run claim's storage class (values.yaml, storage), so the tests name an RWX class, as users must.
+BASE: dict[str, Any] = {"storage": {"create": {"storageClassName": "standard-rwx"}}}
+RWX_REFUSAL = "storage: set storage.create.storageClassName to a ReadWriteMany StorageClass"
 SERVE_ARGS = {
     "models",
     "max_batch_size",
@@ -65,13 +71,24 @@ def helm() -> str:
     return found
 
 
-def _run(helm: str, verb: str, values: dict[str, Any], tmp_path: Path, chart: Path = CHART):
-    """`helm template rel CHART -f values` or `helm lint --strict CHART -f values`."""
-    vfile = tmp_path / "values.yaml"
-    vfile.write_text(yaml.safe_dump(values))
+def _run(
+    helm: str,
+    verb: str,
+    values: dict[str, Any],
+    tmp_path: Path,
+    chart: Path = CHART,
+    base: bool = True,
+):
+    """`helm template rel CHART -f base -f values` or `helm lint --strict CHART -f ...`."""
+    files = []
+    for name, vals in (("base.yaml", BASE if base else None), ("values.yaml", values)):
+        if vals is not None:
+            (tmp_path / name).write_text(yaml.safe_dump(vals))
+            files += ["-f", str(tmp_path / name)]
     target = ["rel", str(chart)] if verb == "template" else ["--strict", str(chart)]
-    cmd = [helm, verb, *target, "-f", str(vfile)]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [helm, verb, *target, *files], capture_output=True, text=True, timeout=120
+    )
 
 
 def render(helm: str, values: dict[str, Any], tmp_path: Path, chart: Path = CHART) -> list[dict]:
@@ -85,21 +102,31 @@ def by_kind(docs: list[dict], kind: str) -> list[dict]:
 
 
 # Value sets the chart must support (issue 7): each renders, lints and validates.
+SERVE_ON = {"enabled": True}
 CASES: dict[str, dict[str, Any]] = {
     "defaults": {},
-    "train-only": {"serve": {"enabled": False}, "monitoring": {"enabled": False}},
-    "serve-only": {"train": {"enabled": False}},
+    "train-only": {"monitoring": {"enabled": False}},
+    "serve-only": {"train": {"enabled": False}, "serve": SERVE_ON},
     "cpu-gpu0": {
         "train": {"workers": {"gpus": 0, "replicas": 3, "tolerations": []}},
-        "serve": {"gpusPerReplica": 0, "workers": {"gpus": 0, "tolerations": []}},
+        "serve": {"enabled": True, "gpusPerReplica": 0, "workers": {"gpus": 0, "tolerations": []}},
     },
     "gpu1": {"train": {"workers": {"gpus": 1, "replicas": 4}}},
     "gpu8-bf16": {
         "train": {
-            "workers": {"gpus": 8, "replicas": 2, "nodeSelector": {"pool": "h100"}},
+            "workers": {
+                "gpus": 8,
+                "replicas": 2,
+                "nodeSelector": {"pool": "h100"},
+                # 8 Ray Train workers x cpusPerWorker 4 = 32 CPUs per pod, at least.
+                "resources": {
+                    "requests": {"cpu": "64", "memory": "512Gi"},
+                    "limits": {"cpu": "64", "memory": "512Gi"},
+                },
+            },
             "config": {"train": {"precision": "bf16", "max_steps": 50000}, "model": {"width": 96}},
         },
-        "serve": {"workers": {"gpus": 8}, "gpusPerReplica": 0.5},
+        "serve": {"enabled": True, "workers": {"gpus": 8}, "gpusPerReplica": 0.5},
     },
     "object-store": {
         "data": {"urls": "pipe:aws s3 cp s3://bucket/cifar/train-{000000..000099}.tar -"},
@@ -109,8 +136,13 @@ CASES: dict[str, dict[str, Any]] = {
         },
     },
     "existing-pvcs": {
-        "storage": {"existingClaim": "team-runs"},
+        "storage": {"existingClaim": "team-runs", "create": {"storageClassName": ""}},
         "data": {"claimName": "cifar-shards", "urls": "/data/shards"},
+        "serve": SERVE_ON,
+    },
+    "single-node": {
+        "storage": {"singleNode": True, "create": {"storageClassName": ""}},
+        "serve": SERVE_ON,
     },
     "config-file": {
         "train": {
@@ -122,33 +154,46 @@ CASES: dict[str, dict[str, Any]] = {
             },
         }
     },
-    "monitoring-off": {"monitoring": {"enabled": False}},
+    "monitoring-off": {"monitoring": {"enabled": False}, "serve": SERVE_ON},
     "ingress-autoscaling": {
         "serve": {
+            "enabled": True,
             "ingress": {"enabled": True, "className": "nginx", "tlsSecretName": "tls-cert"},
             "autoscaling": {"enabled": True, "minReplicas": 1, "maxReplicas": 6},
+            "workers": {"maxReplicas": 6},
             "models": {"a": "/mnt/ganforge/runs/a", "b": "/mnt/ganforge/runs/b/checkpoints"},
         },
+        # authOptions.secretName exists from KubeRay 1.6.0 on.
+        "kuberayVersion": "1.6.0",
         "rayAuth": {"mode": "token", "secretName": "ray-token"},
     },
     "auth-disabled-no-rofs": {
         "rayAuth": {"mode": "disabled"},
         "security": {"readOnlyRootFilesystem": False},
     },
+    "kuberay-1.4-auth-off": {
+        "kuberayVersion": "1.4.2",
+        "rayAuth": {"mode": "disabled"},
+        "serve": SERVE_ON,
+    },
 }
 
 
+def _merge(a: dict, b: dict) -> dict:
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = _merge(a[k], v) if isinstance(v, dict) and isinstance(a.get(k), dict) else v
+    return out
+
+
 def _merged(case: str) -> dict[str, Any]:
-    """The chart's defaults with the case's values on top (what helm computes)."""
+    """The chart's defaults with BASE and the case's values on top (what helm computes)."""
     base = yaml.safe_load((CHART / "values.yaml").read_text())
+    return _merge(_merge(base, BASE), CASES[case])
 
-    def merge(a: dict, b: dict) -> dict:
-        out = dict(a)
-        for k, v in b.items():
-            out[k] = merge(a[k], v) if isinstance(v, dict) and isinstance(a.get(k), dict) else v
-        return out
 
-    return merge(base, CASES[case])
+def _version(v: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in v.split("."))
 
 
 def _pod_templates(doc: dict) -> list[tuple[str, dict]]:
@@ -203,6 +248,8 @@ def test_chart_renders_and_validates(helm: str, tmp_path: Path, case: str) -> No
     assert lint.returncode == 0, lint.stdout + lint.stderr
     docs = render(helm, CASES[case], tmp_path)
     kinds = sorted(d["kind"] for d in docs)
+    schemas = schemas_for(values["kuberayVersion"])
+    single = values["storage"]["singleNode"]
 
     assert bool(by_kind(docs, "RayJob")) is values["train"]["enabled"], kinds
     assert bool(by_kind(docs, "RayService")) is values["serve"]["enabled"], kinds
@@ -210,27 +257,84 @@ def test_chart_renders_and_validates(helm: str, tmp_path: Path, case: str) -> No
     assert bool(by_kind(docs, "Ingress")) is (
         values["serve"]["enabled"] and values["serve"]["ingress"]["enabled"]
     )
-    assert bool(by_kind(docs, "PersistentVolumeClaim")) is (not values["storage"]["existingClaim"])
+    pvcs = by_kind(docs, "PersistentVolumeClaim")
+    assert bool(pvcs) is (not values["storage"]["existingClaim"])
+    for pvc in pvcs:
+        # RWX: head, workers and serving pods mount it from several nodes (values.yaml, storage).
+        mode = "ReadWriteOnce" if single else "ReadWriteMany"
+        assert pvc["spec"]["accessModes"] == [mode]
+        assert (
+            pvc["spec"].get("storageClassName", "")
+            == values["storage"]["create"]["storageClassName"]
+        )
 
     for doc in docs:
-        if doc["kind"] in SCHEMAS:
-            jsonschema.validate(doc, SCHEMAS[doc["kind"]])
+        if doc["kind"] in schemas:
+            jsonschema.validate(doc, schemas[doc["kind"]])
         else:
             kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
         if doc["kind"] in ("RayJob", "RayService"):
             for name, template in _pod_templates(doc):
                 _check_pod(name, template, values)
+                if name != "submitter":
+                    assert "ganforge.dev/runs-claim" in template["metadata"]["labels"], name
+                    assert ("affinity" in template["spec"]) is single, name
             cluster = doc["spec"].get("rayClusterSpec") or doc["spec"]["rayClusterConfig"]
-            assert cluster["authOptions"]["mode"] == values["rayAuth"]["mode"]
+            if _version(values["kuberayVersion"]) >= (1, 5, 1):
+                assert cluster["authOptions"]["mode"] == values["rayAuth"]["mode"]
+            else:
+                assert "authOptions" not in cluster
             for g in cluster.get("workerGroupSpecs", []):
                 assert g["minReplicas"] <= g["replicas"] <= g["maxReplicas"]
 
 
-@pytest.mark.parametrize("gpus,replicas", [(0, 3), (1, 4), (8, 2)])
+def test_storage_class_must_be_chosen(helm: str, tmp_path: Path) -> None:
+    """The default StorageClass of a GPU pool is RWO: the chart refuses to guess (issue 7)."""
+    proc = _run(helm, "template", {}, tmp_path, base=False)
+    assert proc.returncode != 0
+    assert RWX_REFUSAL in proc.stderr and "ReadWriteOnce" in proc.stderr, proc.stderr
+    # Storage only (training and serving off) still needs the choice: the claim is made then.
+    proc = _run(helm, "template", {"train": {"enabled": False}}, tmp_path, base=False)
+    assert RWX_REFUSAL in proc.stderr, proc.stderr
+    # Each way out renders.
+    for values in (
+        {"storage": {"create": {"storageClassName": "efs-sc"}}},
+        {"storage": {"existingClaim": "runs"}},
+        {"storage": {"singleNode": True}},
+    ):
+        proc = _run(helm, "template", values, tmp_path, base=False)
+        assert proc.returncode == 0, (values, proc.stderr)
+    (pvc,) = by_kind(render(helm, {"train": {"enabled": False}}, tmp_path), "PersistentVolumeClaim")
+    assert pvc["spec"]["accessModes"] == ["ReadWriteMany"]
+
+
+def test_auth_options_follow_the_kuberay_version(helm: str, tmp_path: Path) -> None:
+    """authOptions.mode needs KubeRay 1.5.1; authOptions.secretName needs 1.6.0."""
+    for version, auth, expect in (
+        ("1.5.1", {"mode": "token"}, {"mode": "token"}),
+        ("1.6.0", {"mode": "token", "secretName": "tok"}, {"mode": "token", "secretName": "tok"}),
+        ("1.5.1", {"mode": "disabled", "secretName": "tok"}, {"mode": "disabled"}),
+        ("1.4.2", {"mode": "disabled"}, None),
+    ):
+        job = by_kind(
+            render(helm, {"kuberayVersion": version, "rayAuth": auth}, tmp_path), "RayJob"
+        )
+        cluster = job[0]["spec"]["rayClusterSpec"]
+        assert cluster.get("authOptions") == expect, version
+        jsonschema.validate(job[0], schemas_for(version)["RayJob"])
+    # The 1.5 schema itself refuses the 1.6 field, as the 1.5.1 CRD would prune it.
+    doc = by_kind(render(helm, CASES["ingress-autoscaling"], tmp_path), "RayService")[0]
+    with pytest.raises(jsonschema.ValidationError, match="secretName"):
+        jsonschema.validate(doc, schemas_for("1.5.1")["RayService"])
+
+
+@pytest.mark.parametrize("gpus,replicas,cpus", [(0, 3, "4"), (1, 4, "8"), (8, 2, "32")])
 def test_gpu_counts_reach_pods_and_entrypoint(
-    helm: str, tmp_path: Path, gpus: int, replicas: int
+    helm: str, tmp_path: Path, gpus: int, replicas: int, cpus: str
 ) -> None:
-    docs = render(helm, {"train": {"workers": {"gpus": gpus, "replicas": replicas}}}, tmp_path)
+    res = {"requests": {"cpu": cpus, "memory": "8Gi"}, "limits": {"cpu": cpus, "memory": "8Gi"}}
+    workers = {"gpus": gpus, "replicas": replicas, "resources": res}
+    docs = render(helm, {"train": {"workers": workers}}, tmp_path)
     job = by_kind(docs, "RayJob")[0]
     worker = job["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]
     container = worker["template"]["spec"]["containers"][0]
@@ -317,7 +421,7 @@ def test_existing_claims_are_mounted_not_created(helm: str, tmp_path: Path) -> N
                 assert claims["shards"] == {"claimName": "cifar-shards", "readOnly": True}
 
 
-@pytest.mark.parametrize("case", ["defaults", "ingress-autoscaling", "gpu8-bf16"])
+@pytest.mark.parametrize("case", ["serve-only", "ingress-autoscaling", "gpu8-bf16"])
 def test_serve_config_matches_the_app_contract(helm: str, tmp_path: Path, case: str) -> None:
     values = _merged(case)
     svc = by_kind(render(helm, CASES[case], tmp_path), "RayService")[0]
@@ -338,6 +442,10 @@ def test_serve_config_matches_the_app_contract(helm: str, tmp_path: Path, case: 
     if values["serve"]["autoscaling"]["enabled"]:
         assert "num_replicas" not in dep
         assert dep["autoscaling_config"] == app["args"]["autoscaling"]
+        # Scale out only once a batch can fill, and at a load a replica can actually reach.
+        target = dep["autoscaling_config"]["target_ongoing_requests"]
+        fill = min(app["args"]["max_batch_size"], app["args"]["max_images_per_request"])
+        assert fill <= target <= dep["max_ongoing_requests"]
         assert svc["spec"]["rayClusterConfig"]["enableInTreeAutoscaling"] is True
     else:
         assert dep["num_replicas"] == app["args"]["num_replicas"]
@@ -351,7 +459,7 @@ def test_serve_deployment_name_exists_in_the_app(helm: str, tmp_path: Path) -> N
     from ganforge.serve import app as serve_app
 
     names = {v.name for v in vars(serve_app).values() if isinstance(v, Deployment)}
-    svc = by_kind(render(helm, {}, tmp_path), "RayService")[0]
+    svc = by_kind(render(helm, {"serve": SERVE_ON}, tmp_path), "RayService")[0]
     (app,) = yaml.safe_load(svc["spec"]["serveConfigV2"])["applications"]
     assert {d["name"] for d in app["deployments"]} <= names, names
 
@@ -395,6 +503,8 @@ def test_dashboard_configmap_follows_the_file(helm: str, tmp_path: Path) -> None
 # (values, message, verbs that must fail). Schema errors fail lint and template; `fail` calls in
 # templates fail template/install only, since `helm lint` reports them as INFO by design.
 BOTH = ("template", "lint")
+TPL = ("template",)
+AUTOSCALE = {"enabled": True, "autoscaling": {"enabled": True}}
 BAD_VALUES = [
     ({"train": {"workers": {"replicas": -1}}}, "train.workers.replicas: Must be greater", BOTH),
     ({"serve": {"workers": {"maxReplicas": -2}}}, "serve.workers.maxReplicas: Must be great", BOTH),
@@ -410,12 +520,98 @@ BAD_VALUES = [
     ({"train": {"config": {"trainn": {}}}}, "Additional property trainn is not allowed", BOTH),
     ({"train": {"variant": "stylegan"}}, "train.variant: train.variant must be one of", BOTH),
     ({"train": {"head": {"resources": {"requests": None}}}}, "requests is required", BOTH),
-    ({"serve": {"maxOngoingRequests": 8}}, "serve.maxOngoingRequests (8) must be >= ", BOTH[:1]),
+    ({"kuberayVersion": "v1.5"}, "kuberayVersion: Does not match pattern", BOTH),
+    # The app's own bounds (serve/schemas.py AppArgs), refused before anything is deployed.
     (
-        {"serve": {"autoscaling": {"enabled": True, "minReplicas": 5, "maxReplicas": 2}}},
-        "serve.autoscaling.minReplicas (5) must be <=",
-        BOTH[:1],
+        {"serve": {"maxUploadBytes": 512}},
+        "serve.maxUploadBytes: Must be greater than or equal to 1024",
+        BOTH,
     ),
+    (
+        {"serve": {"maxBatchSize": 5000}},
+        "serve.maxBatchSize: Must be less than or equal to 4096",
+        BOTH,
+    ),
+    (
+        {"serve": {"maxImagesPerRequest": 4097}},
+        "serve.maxImagesPerRequest: Must be less than or equal to 4096",
+        BOTH,
+    ),
+    (
+        {"serve": {"batchWaitTimeoutS": 11}},
+        "serve.batchWaitTimeoutS: Must be less than or equal to 10",
+        BOTH,
+    ),
+    # Consistency the schema cannot express.
+    (
+        {"serve": {"enabled": True, "maxOngoingRequests": 8}},
+        "serve.maxOngoingRequests (8) must be >= ",
+        TPL,
+    ),
+    (
+        {
+            "serve": {
+                "enabled": True,
+                "autoscaling": {"enabled": True, "minReplicas": 5, "maxReplicas": 2},
+            }
+        },
+        "serve.autoscaling.minReplicas (5) must be <=",
+        TPL,
+    ),
+    (
+        {"train": {"workers": {"gpus": 8}}},
+        "its Ray Train workers reserve 32: 8 workers per pod x train.cpusPerWorker (4)",
+        TPL,
+    ),
+    ({"train": {"cpusPerWorker": 16}}, "a worker pod has 8 CPUs (limits.cpu", TPL),
+    ({"train": {"numWorkers": 3}}, "train.numWorkers (3) needs 3 GPUs", TPL),
+    (
+        {"serve": {"enabled": True, "gpusPerReplica": 2}},
+        "serve.gpusPerReplica (2) is more than a serve worker pod has (serve.workers.gpus: 1)",
+        TPL,
+    ),
+    (
+        {"serve": {"enabled": True, "gpusPerReplica": 1.5, "workers": {"gpus": 2}}},
+        "Ray accepts a fraction of one GPU",
+        TPL,
+    ),
+    (
+        {"serve": {"enabled": True, "cpusPerReplica": 8}},
+        "serve.cpusPerReplica (8) is more than",
+        TPL,
+    ),
+    (
+        {"serve": {"enabled": True, "numReplicas": 2}},
+        "serve.numReplicas (2) is more than the serve worker group holds",
+        TPL,
+    ),
+    (
+        {"serve": _merge(AUTOSCALE, {"autoscaling": {"maxReplicas": 6}})},
+        "serve.autoscaling.maxReplicas (6) is more than the serve worker group can hold: "
+        "serve.workers.maxReplicas (4) pods",
+        TPL,
+    ),
+    (
+        {"serve": _merge(AUTOSCALE, {"autoscaling": {"targetOngoingRequests": 16}})},
+        "serve.autoscaling.targetOngoingRequests (16) must be >= serve.maxBatchSize (32)",
+        TPL,
+    ),
+    (
+        {"serve": _merge(AUTOSCALE, {"autoscaling": {"targetOngoingRequests": 100}})},
+        "serve.autoscaling.targetOngoingRequests (100) must be <= serve.maxOngoingRequests (64)",
+        TPL,
+    ),
+    (
+        {"serve": {"enabled": True, "workers": {"replicas": 5}}},
+        "serve.workers.replicas (5) must lie",
+        TPL,
+    ),
+    (
+        {"rayAuth": {"secretName": "tok"}},
+        "rayAuth.secretName renders authOptions.secretName, which KubeRay defines from v1.6.0",
+        TPL,
+    ),
+    ({"kuberayVersion": "1.4.2"}, "rayAuth.mode=token needs KubeRay >= 1.5.1", TPL),
 ]
 
 
@@ -427,3 +623,131 @@ def test_wrong_values_fail_with_a_clear_message(
         proc = _run(helm, verb, values, tmp_path)
         assert proc.returncode != 0, f"helm {verb} accepted {values}"
         assert message in proc.stdout + proc.stderr, proc.stdout + proc.stderr
+
+
+# Chart value -> AppArgs field (serve/schemas.py): the schema must hold the app's bounds exactly.
+APP_BOUNDS = {
+    ("maxBatchSize",): "max_batch_size",
+    ("batchWaitTimeoutS",): "batch_wait_timeout_s",
+    ("maxImagesPerRequest",): "max_images_per_request",
+    ("maxUploadBytes",): "max_upload_bytes",
+    ("maxOngoingRequests",): "max_ongoing_requests",
+    ("numReplicas",): "num_replicas",
+    ("cpusPerReplica",): "num_cpus",
+    ("autoscaling", "minReplicas"): "autoscaling.min_replicas",
+    ("autoscaling", "maxReplicas"): "autoscaling.max_replicas",
+    ("autoscaling", "targetOngoingRequests"): "autoscaling.target_ongoing_requests",
+}
+
+
+def test_serve_schema_bounds_match_the_app() -> None:
+    import annotated_types as at
+
+    from ganforge.serve.schemas import AppArgs, AutoscalingArgs
+
+    serve = json.loads((CHART / "values.schema.json").read_text())["properties"]["serve"]
+    for chart_path, field in APP_BOUNDS.items():
+        node = serve
+        for key in chart_path:
+            node = node["properties"][key]
+        model, name = (AutoscalingArgs, field.split(".")[1]) if "." in field else (AppArgs, field)
+        meta = model.model_fields[name].metadata
+        app = {
+            "minimum": next((m.ge for m in meta if isinstance(m, at.Ge)), None),
+            "exclusiveMinimum": next((m.gt for m in meta if isinstance(m, at.Gt)), None),
+            "maximum": next((m.le for m in meta if isinstance(m, at.Le)), None),
+            "exclusiveMaximum": next((m.lt for m in meta if isinstance(m, at.Lt)), None),
+        }
+        chart = {k: node.get(k) for k in app}
+        assert chart == app, (chart_path, field)
+
+
+def _doc_blocks(lang: str) -> list[str]:
+    return re.findall(rf"^```{lang}\n(.*?)^```", DEPLOY_DOC.read_text(), re.M | re.S)
+
+
+def _schema_node(schema: dict, node: dict) -> dict:
+    ref = node.get("$ref")
+    return _schema_node(schema, schema["definitions"][ref.split("/")[-1]]) if ref else node
+
+
+def test_docs_name_only_existing_values() -> None:
+    """Every `--set key=` and dotted value name in deploy.md exists in values.yaml/the schema."""
+    text = DEPLOY_DOC.read_text()
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    tops = "|".join(schema["properties"])
+    keys = set(re.findall(rf"--set(?:-string)?[ =]((?:{tops})\b[\w.\-/]*)=", text))
+    keys |= set(re.findall(rf"`((?:{tops})\.[\w.\-]*\w)(?:=[^`]*)?`", text))
+    assert "storage.create.storageClassName" in keys and "serve.enabled" in keys
+    for key in sorted(keys):
+        node, vals = schema, values
+        for part in key.split("."):
+            node = _schema_node(schema, node)
+            assert node.get("type") == "object", f"deploy.md names {key}: {part!r} is not a map"
+            if node.get("additionalProperties", True) is not False:
+                break  # a free-form map (labels, models, config sections): any key
+            assert part in node["properties"], f"deploy.md names {key}: no {part!r} in the schema"
+            # An empty map in values.yaml (train.config) holds optional keys: schema only.
+            assert not vals or part in vals, f"{key}: no {part!r} in values.yaml"
+            node, vals = node["properties"][part], (vals or {}).get(part)
+
+
+def test_docs_walkthrough_renders_in_order(helm: str, tmp_path: Path) -> None:
+    """The `helm install/upgrade` commands of deploy.md render as written, one after another:
+    storage first, then training, then serving the run that training wrote."""
+    files = {}
+    for block in _doc_blocks("yaml"):
+        name = re.match(r"# (values-[\w-]+\.yaml)", block)
+        if name:
+            files[name.group(1)] = tmp_path / name.group(1)
+            files[name.group(1)].write_text(block)
+    assert {"values-s3.yaml", "values-train.yaml", "values-serve.yaml"} <= set(files)
+    for path in files.values():  # each value file renders on its own too
+        proc = subprocess.run(
+            [
+                helm,
+                "template",
+                "gan",
+                str(CHART),
+                "-f",
+                str(path),
+                "--set",
+                "storage.create.storageClassName=x",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert proc.returncode == 0, (path.name, proc.stderr)
+
+    commands = []
+    for block in _doc_blocks("bash"):
+        for line in block.replace("\\\n", " ").splitlines():
+            argv = shlex.split(line.replace("<you>", "you"), comments=True)
+            if argv[:2] in (["helm", "install"], ["helm", "upgrade"]) and argv[3:4] == [
+                "helm/ganforge"
+            ]:
+                commands.append(argv)
+    assert [c[1] for c in commands[:3]] == ["install", "upgrade", "upgrade"], commands
+    state: list[str] = []
+    rendered = []
+    for argv in commands:
+        args = [str(files.get(a, a)) for a in argv[4:] if a != "--reuse-values"]
+        state = state + args if "--reuse-values" in argv else args
+        proc = subprocess.run(
+            [helm, "template", "gan", str(CHART), *state],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert proc.returncode == 0, (argv, proc.stderr)
+        rendered.append([d for d in yaml.safe_load_all(proc.stdout) if d])
+    # 1: only the claim, to put shards on; 2: training; 3: serving the trained run dir.
+    assert [d["kind"] for d in rendered[0]] == ["PersistentVolumeClaim"]
+    assert by_kind(rendered[1], "RayJob") and not by_kind(rendered[1], "RayService")
+    argv, params = _parse_entrypoint(by_kind(rendered[2], "RayJob")[0]["spec"]["entrypoint"])
+    (app,) = yaml.safe_load(by_kind(rendered[2], "RayService")[0]["spec"]["serveConfigV2"])[
+        "applications"
+    ]
+    assert str(params["run_dir"]) in app["args"]["models"].values()

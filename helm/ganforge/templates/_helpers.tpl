@@ -36,6 +36,30 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- default (printf "%s-runs" (include "ganforge.fullname" .)) .Values.storage.existingClaim -}}
 {{- end -}}
 
+{{/* Label of every pod that mounts the run claim (the single-node pod affinity selects on it). */}}
+{{- define "ganforge.claimLabel" -}}
+ganforge.dev/runs-claim: {{ include "ganforge.storageClaim" . | trunc 63 | trimSuffix "-" }}
+{{- end -}}
+
+{{/* Ray Train workers: train.numWorkers, or one per GPU of the worker pods (one per CPU pod). */}}
+{{- define "ganforge.trainWorkers" -}}
+{{- $w := .Values.train.workers -}}
+{{- int .Values.train.numWorkers | default (mul (int $w.replicas) (max (int $w.gpus) 1)) -}}
+{{- end -}}
+
+{{/*
+CPUs Ray sees in a container: KubeRay passes limits.cpu (requests.cpu without a limit) to
+`ray start --num-cpus`, rounded up to whole CPUs. Arg: a resources value {requests, limits}.
+*/}}
+{{- define "ganforge.cpus" -}}
+{{- $q := toString (dig "limits" "cpu" (dig "requests" "cpu" "0" .) .) -}}
+{{- if hasSuffix "m" $q -}}
+{{- ceil (divf (float64 (trimSuffix "m" $q)) 1000) -}}
+{{- else -}}
+{{- ceil (float64 $q) -}}
+{{- end -}}
+{{- end -}}
+
 {{/* POSIX shell quoting: 'it'\''s' survives any character, spaces and braces included. */}}
 {{- define "ganforge.shq" -}}
 '{{ replace "'" "'\\''" (toString .) }}'
@@ -149,11 +173,14 @@ envFrom:
 {{- end }}
 {{- end -}}
 
-{{/* Pod metadata of a Ray pod. Args: dict "root" $ "component" "train"|"serve". */}}
+{{/* Pod metadata. Args: dict "root" $ "component" "train"|"serve" "claim" (mounts runs). */}}
 {{- define "ganforge.podMetadata" -}}
 labels:
   {{- include "ganforge.selectorLabels" .root | nindent 2 }}
   app.kubernetes.io/component: {{ .component }}
+  {{- if .claim }}
+  {{- include "ganforge.claimLabel" .root | nindent 2 }}
+  {{- end }}
   {{- with .root.Values.podLabels }}
   {{- toYaml . | nindent 2 }}
   {{- end }}
@@ -181,12 +208,18 @@ annotations:
 - {name: metrics, containerPort: 8080}
 {{- end -}}
 
+{{/*
+authOptions exists from KubeRay v1.5.1 (mode only); secretName from v1.6.0. Older operators get
+no authOptions at all (ganforge.checks allows that only with rayAuth.mode=disabled).
+*/}}
 {{- define "ganforge.rayAuth" -}}
+{{- if semverCompare ">=1.5.1-0" .Values.kuberayVersion -}}
 authOptions:
   mode: {{ .Values.rayAuth.mode }}
-  {{- with .Values.rayAuth.secretName }}
-  secretName: {{ . }}
+  {{- if and (eq .Values.rayAuth.mode "token") .Values.rayAuth.secretName }}
+  secretName: {{ .Values.rayAuth.secretName }}
   {{- end }}
+{{- end -}}
 {{- end -}}
 
 {{/*
@@ -198,10 +231,21 @@ The pod template of a Ray head or worker. Args: dict
 {{- $root := .root -}}
 {{- $v := $root.Values -}}
 metadata:
-  {{- include "ganforge.podMetadata" (dict "root" $root "component" .component) | nindent 2 }}
+  {{- include "ganforge.podMetadata" (dict "root" $root "component" .component "claim" true) | nindent 2 }}
 spec:
   securityContext:
     {{- include "ganforge.podSecurityContext" $root | nindent 4 }}
+  {{- if $v.storage.singleNode }}
+  # storage.singleNode: a ReadWriteOnce claim mounts on one node only, so every pod that mounts
+  # it follows the first one there (that pod matches its own term, so it may go anywhere).
+  affinity:
+    podAffinity:
+      requiredDuringSchedulingIgnoredDuringExecution:
+        - topologyKey: kubernetes.io/hostname
+          labelSelector:
+            matchLabels:
+              {{- include "ganforge.claimLabel" $root | nindent 14 }}
+  {{- end }}
   {{- with $v.imagePullSecrets }}
   imagePullSecrets:
     {{- range . }}
