@@ -1,4 +1,4 @@
-"""The few cross-rank reductions the loop needs outside DeepSpeed (only on log steps)."""
+"""The few cross-rank reductions the loop needs outside DeepSpeed (log steps, end of data)."""
 
 from __future__ import annotations
 
@@ -37,3 +37,12 @@ def broadcast_object(obj):
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def all_ranks(flag: bool, device: torch.device) -> bool:
+    """Collective: True only if `flag` is True on every rank (NCCL needs the tensor on the GPU)."""
+    if not is_multi_rank():
+        return flag
+    t = torch.tensor([int(flag)], dtype=torch.int32, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return bool(t.item())

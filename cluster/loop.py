@@ -51,17 +51,32 @@ class Progress:
     checkpoint_s: float | None = None
 
 
-def train_step(gan, batches, n_critic: int, window: Window) -> bool:
-    """n_critic critic steps on real batches, then one generator step. False = data ran out."""
+def train_step(gan, batches, n_critic: int, window: Window, agree_on_end: bool) -> bool:
+    """n_critic critic steps on real batches, then one generator step. False = data ran out.
+
+    `agree_on_end` (one-pass data on several ranks): the ranks first agree that each holds its
+    n_critic batches. The plan gives every rank the same batch count, but skipped corrupt
+    samples can leave one rank a batch short; without the vote its peers would wait forever
+    in the next all-reduce.
+    """
+    real = []
     try:
         for _ in range(n_critic):
-            images, labels = next(batches)
-            stats = gan.critic_step(images, labels)
-            window.add("loss_d", stats.loss_d)
-            window.add("gp", stats.gp)
-            window.add("grad_norm", stats.grad_norm)
-    except StopIteration:  # one-pass data (resample: false) ends on the same step on all ranks
+            real.append(next(batches))
+    except StopIteration:
+        pass
+    have_all = len(real) == n_critic
+    if agree_on_end:
+        from ganforge.cluster.distributed import all_ranks
+
+        have_all = all_ranks(have_all, gan.device)
+    if not have_all:
         return False
+    for images, labels in real:
+        stats = gan.critic_step(images, labels)
+        window.add("loss_d", stats.loss_d)
+        window.add("gp", stats.gp)
+        window.add("grad_norm", stats.grad_norm)
     window.add("loss_g", gan.generator_step())
     return True
 
@@ -73,9 +88,10 @@ def train(gan, loader, logger, cfg: GanforgeConfig, classes: list[str], prog: Pr
     n_critic, images_per_step = cfg.loss.n_critic, cfg.loss.n_critic * cfg.train.micro_batch
     images_per_step *= gan.world
     batches, window, lr_g, lr_d = iter(loader), Window(), *gan.lr()
+    agree_on_end = loader.num_batches is not None and gan.world > 1
     while prog.step < cfg.train.max_steps:
         t0, wait0 = time.perf_counter(), loader.wait_seconds
-        if not train_step(gan, batches, n_critic, window):
+        if not train_step(gan, batches, n_critic, window, agree_on_end):
             break
         prog.step += 1
         prog.images_seen += images_per_step

@@ -85,6 +85,47 @@ def test_two_workers_match_one_worker_with_twice_the_batch(shards, tmp_path, ray
     assert verify(list_checkpoints(two / "checkpoints")[0][1])["images_seen"] == 3 * 16
 
 
+def _corrupt_first_image(shard) -> None:
+    """Rewrite a tar shard with its first image's bytes replaced by garbage (same member name)."""
+    import io
+    import tarfile
+
+    with tarfile.open(shard) as tar:
+        members = [(m, tar.extractfile(m).read()) for m in tar.getmembers() if m.isfile()]
+    image = next(m.name for m, _ in members if m.name.rsplit(".", 1)[-1] in ("png", "jpg"))
+    with tarfile.open(shard, "w") as tar:
+        for m, data in members:
+            data = b"not an image" if m.name == image else data
+            m.size = len(data)
+            tar.addfile(m, io.BytesIO(data))
+
+
+@pytest.mark.timeout(420)
+def test_one_pass_data_with_a_corrupt_sample_ends_together_on_every_rank(
+    tmp_path_factory, tmp_path, ray_cluster
+):
+    """8 shards of 8 images, 2 ranks x micro-batch 8: the plan gives each rank 4 batches. One
+    corrupt image (skipped) leaves one rank 3; both must stop after step 3 instead of one rank
+    waiting forever in an all-reduce for its finished peer."""
+    data = pack(tmp_path_factory.mktemp("corrupt"), shard_size=8)
+    _corrupt_first_image(sorted(data.rglob("*.tar"))[0])
+    cfg = tiny_config(
+        "dcgan",
+        data,
+        tmp_path / "o",
+        **{
+            "data.resample": False,
+            "cluster.num_workers": 2,
+            "train.max_steps": 10,
+            "train.checkpoint_every": 100,
+        },
+    )
+    run = run_training(cfg, show_progress=False)
+    meta = verify(list_checkpoints(run / "checkpoints")[0][1])
+    assert meta["step"] == 3
+    assert meta["images_seen"] == 3 * 8 * 2
+
+
 def _kill_rank0_after_first_checkpoint(run_dir, killed: list):
     deadline = time.time() + 240
     while time.time() < deadline and not killed:
