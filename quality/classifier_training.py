@@ -21,12 +21,16 @@ from ganforge.quality.real_images import load_real
 
 
 def augment(x: torch.Tensor, gen: torch.Generator, pad: int = 4) -> torch.Tensor:
-    """Random crop after reflect padding + random horizontal flip, on a uint8 batch [B,C,H,W]."""
-    b, _, h, w = x.shape
+    """Random crop after reflect padding + random horizontal flip, on a uint8 batch [B,C,H,W];
+    every image gets its own crop offset and flip."""
+    b, c, h, w = x.shape
     padded = F.pad(x.float(), (pad,) * 4, mode="reflect")
-    dy, dx = torch.randint(0, 2 * pad + 1, (2,), generator=gen).tolist()
-    # One offset per batch keeps this a cheap slice; batches are small, so offsets still vary.
-    out = padded[:, :, dy : dy + h, dx : dx + w]
+    dy, dx = torch.randint(0, 2 * pad + 1, (2, b), generator=gen)
+    rows = (dy[:, None] + torch.arange(h))[:, None, :, None]  # [B,1,H,1]
+    cols = (dx[:, None] + torch.arange(w))[:, None, None, :]  # [B,1,1,W]
+    out = padded[
+        torch.arange(b)[:, None, None, None], torch.arange(c)[None, :, None, None], rows, cols
+    ]
     flip = torch.rand(b, generator=gen) < 0.5
     out[flip] = out[flip].flip(-1)
     return out.round().to(torch.uint8)
@@ -141,7 +145,7 @@ def train_classifier(
             "weight_decay": weight_decay,
             "label_smoothing": label_smoothing,
             "schedule": "OneCycle(linear, 25% warm-up)",
-            "augment": "crop(pad 4, reflect)+hflip",
+            "augment": "per-image crop(pad 4, reflect)+hflip",
             "tta": "hflip",
             "seed": seed,
         },

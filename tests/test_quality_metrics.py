@@ -149,3 +149,32 @@ def test_load_real_limit_and_errors(tiny, tmp_path):
         load_real(shards, "val")
     with pytest.raises(DataError, match="dataset.json"):
         load_real(tmp_path, "train")
+
+
+def test_classifier_augmentation_crops_and_flips_each_image_on_its_own():
+    from torch.nn import functional as F
+
+    from ganforge.quality.classifier_training import augment
+
+    x = torch.randint(0, 256, (32, 3, 16, 16), dtype=torch.uint8)
+    out = augment(x, torch.Generator().manual_seed(0))
+    assert out.shape == x.shape and out.dtype == torch.uint8
+    padded = F.pad(x.float(), (4,) * 4, mode="reflect").to(torch.uint8)
+    found = []
+    for i in range(len(x)):
+        hits = [
+            (dy, dx, flip)
+            for dy in range(9)
+            for dx in range(9)
+            for flip in (False, True)
+            if torch.equal(
+                padded[i, :, dy : dy + 16, dx : dx + 16].flip(-1)
+                if flip
+                else padded[i, :, dy : dy + 16, dx : dx + 16],
+                out[i],
+            )
+        ]
+        assert hits, f"image {i} is not a crop (or flipped crop) of its padded input"
+        found.append(hits[0])
+    assert len({(dy, dx) for dy, dx, _ in found}) > 4, "crop offsets should vary per image"
+    assert 0 < sum(f for *_, f in found) < len(x), "flips should vary per image"
