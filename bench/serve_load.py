@@ -1,127 +1,253 @@
-"""Serving load test: ganforge's app (batching on / off) vs a bare Ray Serve floor. Prints JSON.
+"""Serving load test: a running `ganforge serve` (batching on / off) vs a bare Ray Serve floor.
 
-Every system runs the same DCGAN-size generator (random weights, `--width`, 32x32) in one
-replica on a local Ray cluster, behind Serve's HTTP proxy on loopback. An async aiohttp client
-sends one-image requests from N concurrent clients; each point is bounded by `--requests` and
-`--seconds`. The floor is the least a Serve deployment can do per request: draw z, run the
-generator (with the same `@serve.batch` settings), return one number; no validation, no
-encoding, no metrics.
+Prints JSON. Three servers run as subprocesses on loopback, each with its own local Ray cluster:
+`ganforge serve --max-batch-size 32`, `ganforge serve --max-batch-size 1`, and the floor, a bare
+Serve deployment that draws z, runs the same generator with the same `@serve.batch` settings and
+returns one number (no validation, no encoding, no metrics). The generator is a DCGAN-size
+checkpoint trained for one step by `ganforge train` (or `--model PATH`). This process is only an
+async aiohttp client, so that the client does not eat the cores the servers run on.
+
+Per server: a warm-up after start-up; then, at each concurrency level, a warm-up of `clients`
+requests and a timed run of `--seconds` (at most `--max-requests` requests) whose figures count
+only requests sent after the warm-up. The levels are interleaved across the servers (level 1 on
+each, then 8 on each, ...) so drifting background load on a shared machine hits all alike.
 
     python -m bench.serve_load --out bench/results/serve_load-cpu.json
+    python -m bench.serve_load --seconds 2 --clients 1 8          # a quick check
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
+import os
+import shutil
+import signal
 import socket
-import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from bench.common import environment
-
-FLOOR_APP = "floor"
+BODY = {"model": "bench", "count": 1, "format": "png"}  # one 32x32 image, base64 PNG in JSON
+BATCHING = {"ganforge_batch32": 32, "ganforge_batch1": 1}
 
 
-def make_checkpoint(root: Path, width: int, z_dim: int) -> Path:
-    from ganforge.checkpoint import write_weights_checkpoint
-    from ganforge.config import GanforgeConfig
-    from ganforge.models import build_discriminator, build_generator
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
-    cfg = GanforgeConfig.model_validate(
-        {"model": {"variant": "dcgan", "width": width, "z_dim": z_dim}}
+
+def ganforge_cmd(*args: str) -> list[str]:
+    """The `ganforge` console script of this interpreter's environment (as a user runs it)."""
+    script = Path(sys.executable).with_name("ganforge")
+    if script.is_file():
+        return [str(script), *args]
+    return [sys.executable, "-c", "from ganforge.cli import main; main()", *args]
+
+
+def train_checkpoint(root: Path, width: int, z_dim: int, log) -> Path:
+    """One `ganforge train` step of DCGAN (width, z_dim) on the embedded demo data."""
+    run = root / "run"
+    sets = {
+        "model.width": width,
+        "model.z_dim": z_dim,
+        "train.log_every": 1,
+        "train.sample_every": 1,
+        "train.checkpoint_every": 1,
+    }
+    cmd = ganforge_cmd(
+        "train", "--config", "dcgan", "--max-steps", "1", "--run-dir", str(run), "--no-progress"
     )
-    g, d = build_generator(cfg.model), build_discriminator(cfg.model)
-    return write_weights_checkpoint(root / "checkpoints" / "step-1", cfg, g, g, d, 1, 1)
+    for k, v in sets.items():
+        cmd += ["--set", f"{k}={v}"]
+    subprocess.run(cmd, check=True, stdout=log, stderr=subprocess.STDOUT)
+    return run
 
 
-def floor_app(path: str, max_batch_size: int, num_cpus: float, max_ongoing: int):
-    """A bare deployment: random z -> generator -> one float. Same batching as the app."""
+class Server:
+    """A server subprocess in its own process group; `stop` sends Ctrl-C, then kills."""
+
+    def __init__(self, name: str, cmd: list[str], port: int, health: str, log_dir: Path):
+        self.name, self.url, self.health = name, f"http://127.0.0.1:{port}", health
+        self.log_path = log_dir / f"{name}.log"
+        env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "OMP_NUM_THREADS": "1"}
+        self.proc = subprocess.Popen(
+            cmd,
+            stdout=self.log_path.open("wb"),
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
+
+    async def wait_ready(self, timeout: float) -> None:
+        import aiohttp
+
+        deadline = time.perf_counter() + timeout
+        async with aiohttp.ClientSession() as s:
+            while time.perf_counter() < deadline:
+                if self.proc.poll() is not None:
+                    break
+                try:
+                    async with s.get(self.url + self.health) as r:
+                        if r.status == 200:
+                            return
+                except aiohttp.ClientError:
+                    pass
+                await asyncio.sleep(0.5)
+        tail = self.log_path.read_text(errors="replace")[-3000:]
+        raise RuntimeError(f"{self.name} did not become ready ({self.log_path}):\n{tail}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)  # Ctrl-C: serve.shutdown(), ray.shutdown()
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)  # its own group: only what it started
+                self.proc.wait()
+
+
+def start_servers(ckpt: str, args, log_dir: Path) -> dict[str, tuple[Server, str]]:
+    """name -> (server, the path to load)."""
+    common = ["--num-cpus", str(args.num_cpus), *(["--gpu"] if args.gpu else [])]
+    servers: dict[str, tuple[Server, str]] = {}
+    port = free_port()
+    floor = [sys.executable, "-m", "bench.serve_load", "--serve-floor", str(port)]
+    floor += ["--model", ckpt, *common]
+    servers["floor"] = (Server("floor", floor, port, "/", log_dir), "/")
+    for name, mbs in BATCHING.items():
+        port = free_port()
+        cmd = ganforge_cmd("serve", "--model", f"bench={ckpt}", "--port", str(port))
+        cmd += ["--max-batch-size", str(mbs), *common]
+        servers[name] = (Server(name, cmd, port, "/healthz", log_dir), "/v1/generate")
+    return servers
+
+
+# --- the floor server (run as a subprocess by the benchmark) ------------------------------
+
+
+def serve_floor(port: int, ckpt: str, num_cpus: float, gpu: bool) -> None:
+    """A bare Serve deployment: random z -> generator -> one float, `@serve.batch` like the
+    app (max 32 images, 10 ms wait, max_ongoing_requests 128). Blocks until Ctrl-C."""
+    import ray
+    import torch
     from ray import serve
 
-    @serve.deployment(max_ongoing_requests=max_ongoing, ray_actor_options={"num_cpus": num_cpus})
+    @serve.deployment(
+        max_ongoing_requests=128,
+        ray_actor_options={"num_cpus": num_cpus, "num_gpus": 1 if gpu else 0},
+    )
     class Floor:
         def __init__(self):
             from ganforge.checkpoint import load_model
 
+            self.device = "cuda" if gpu and torch.cuda.is_available() else "cpu"
             torch.set_num_threads(max(1, int(num_cpus)))
-            self.g = load_model(path).generator
-            self.batch.set_max_batch_size(max_batch_size)
+            self.g = load_model(ckpt, device=self.device).generator
 
         @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.01)
         async def batch(self, zs: list[torch.Tensor]) -> list[float]:
             with torch.inference_mode():
-                out = self.g(torch.cat(zs))
+                out = self.g(torch.cat(zs).to(self.device))
             return out.mean(dim=(1, 2, 3)).tolist()
 
         async def __call__(self, request) -> float:
             return await self.batch(torch.randn(1, self.g.z_dim))
 
-    return Floor.bind()
+    ray.init(include_dashboard=False, log_to_driver=False)
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        serve.run(Floor.bind(), name="floor", route_prefix="/", blocking=False)
+        print(f"floor serving at http://127.0.0.1:{port}/", flush=True)
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        serve.shutdown()
+        ray.shutdown()
 
 
-async def load_point(url: str, body: dict | None, clients: int, requests: int, seconds: float):
-    """`clients` concurrent loops; stops after `requests` requests or `seconds`."""
+# --- the client ---------------------------------------------------------------------------
+
+
+def percentile(sorted_s: list[float], p: float) -> float | None:
+    """Nearest-rank percentile in milliseconds."""
+    if not sorted_s:
+        return None
+    return round(1e3 * sorted_s[min(len(sorted_s) - 1, int(p * len(sorted_s)))], 2)
+
+
+async def load_point(url: str, clients: int, args) -> dict[str, Any]:
+    """`clients` concurrent loops, each sending its next request when the last one returns,
+    for `args.seconds` or `args.max_requests` requests; the warm-up is not counted. Every
+    server gets the same JSON body (the floor ignores it), so the HTTP path costs the same."""
     import aiohttp
 
     latencies: list[float] = []
     errors: dict[str, int] = {}
     sent = 0
-    deadline = time.perf_counter() + seconds
-    conn = aiohttp.TCPConnector(limit=0)
-    async with aiohttp.ClientSession(connector=conn) as session:
+    seq = 0
 
-        async def one(i: int) -> None:
-            payload = None if body is None else {**body, "seed": i}
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+
+        async def one(record: bool) -> None:
+            nonlocal seq
+            seq += 1
+            payload = {**BODY, "seed": seq}
             t0 = time.perf_counter()
-            async with session.post(url, json=payload) as r:
-                await r.read()
-                if r.status != 200:
-                    errors[str(r.status)] = errors.get(str(r.status), 0) + 1
-                    return
-            latencies.append(time.perf_counter() - t0)
+            try:
+                async with session.post(url, json=payload) as r:
+                    await r.read()
+                    status = r.status
+            except aiohttp.ClientError as e:
+                status = type(e).__name__
+            if not record:
+                return
+            if status == 200:
+                latencies.append(time.perf_counter() - t0)
+            else:
+                errors[str(status)] = errors.get(str(status), 0) + 1
+
+        # Warm-up: one request per client opens its connection and fills the pipeline.
+        await asyncio.gather(*(one(False) for _ in range(clients)))
+        deadline = time.perf_counter() + args.seconds
 
         async def client() -> None:
             nonlocal sent
-            while sent < requests and time.perf_counter() < deadline:
+            while sent < args.max_requests and time.perf_counter() < deadline:
                 sent += 1
-                await one(sent)
+                await one(True)
 
-        await asyncio.gather(*(one(10**6 + i) for i in range(min(clients, 8))))  # warm-up
         t0 = time.perf_counter()
         await asyncio.gather(*(client() for _ in range(clients)))
         elapsed = time.perf_counter() - t0
     lat = sorted(latencies)
-
-    def pct(p: float) -> float:
-        return round(1e3 * lat[min(len(lat) - 1, int(p * len(lat)))], 2) if lat else float("nan")
-
     return {
         "clients": clients,
         "requests": len(lat),
         "errors": errors,
         "seconds": round(elapsed, 2),
         "images_per_s": round(len(lat) / elapsed, 2),
-        "p50_ms": pct(0.50),
-        "p95_ms": pct(0.95),
-        "p99_ms": pct(0.99),
-        "mean_ms": round(1e3 * statistics.fmean(lat), 2) if lat else float("nan"),
+        "p50_ms": percentile(lat, 0.50),
+        "p95_ms": percentile(lat, 0.95),
+        "p99_ms": percentile(lat, 0.99),
     }
 
 
-def run_points(systems: dict[str, tuple[str, dict | None]], args) -> dict[str, list[dict]]:
-    """Interleaved: at each concurrency every system runs once, so drifting background load on
-    a shared machine hits all of them alike."""
-    results: dict[str, list[dict]] = {name: [] for name in systems}
+async def run_points(urls: dict[str, str], args) -> dict[str, list]:
+    results: dict[str, list[dict]] = {name: [] for name in urls}
+    for url in urls.values():  # after start-up: first requests, caches, allocator
+        await load_point(url, 8, argparse.Namespace(seconds=1.0, max_requests=64))
     for c in args.clients:
-        for name, (url, body) in systems.items():
-            results[name].append(asyncio.run(load_point(url, body, c, args.requests, args.seconds)))
+        for name, url in urls.items():
+            results[name].append(await load_point(url, c, args))
     return results
 
 
@@ -129,90 +255,90 @@ def goals(results: dict[str, list[dict]]) -> dict[str, Any]:
     floor = {p["clients"]: p for p in results["floor"]}
     on = {p["clients"]: p for p in results["ganforge_batch32"]}
     off = {p["clients"]: p for p in results["ganforge_batch1"]}
-    ratio = {c: round(on[c]["images_per_s"] / floor[c]["images_per_s"], 3) for c in on}
-    p99 = {c: round(on[c]["p99_ms"] / floor[c]["p99_ms"], 3) for c in on}
-    speedup = round(on[32]["images_per_s"] / off[32]["images_per_s"], 3) if 32 in on else None
+
+    def ratio(a: float | None, b: float | None) -> float | None:
+        return round(a / b, 3) if a and b else None
+
+    tput = {c: ratio(on[c]["images_per_s"], floor[c]["images_per_s"]) for c in on}
+    p99 = {c: ratio(on[c]["p99_ms"], floor[c]["p99_ms"]) for c in on}
+    speedup = ratio(on[32]["images_per_s"], off[32]["images_per_s"]) if 32 in on else None
     return {
-        "throughput_vs_floor": ratio,
-        "throughput_vs_floor_met (>=0.8)": all(r >= 0.8 for r in ratio.values()),
-        "batching_speedup_at_32": speedup,
-        "batching_speedup_met (>=2)": speedup is not None and speedup >= 2,
-        "p99_vs_floor": p99,
-        "p99_met (<2x)": all(r < 2 for r in p99.values()),
+        "throughput_vs_floor": {
+            "goal": "ganforge (batch 32) images/s >= 0.8 x floor at every concurrency",
+            "ratio": tput,
+            "pass": all(r is not None and r >= 0.8 for r in tput.values()),
+        },
+        "batching_speedup_at_32": {
+            "goal": "batch 32 images/s >= 2 x batch 1 images/s at 32 clients",
+            "ratio": speedup,
+            "pass": None if speedup is None else speedup >= 2,
+        },
+        "p99_vs_floor": {
+            "goal": "ganforge (batch 32) p99 < 2 x floor p99 at every concurrency",
+            "ratio": p99,
+            "pass": all(r is not None and r < 2 for r in p99.values()),
+        },
     }
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32, 128])
-    ap.add_argument("--requests", type=int, default=400, help="most requests per point")
-    ap.add_argument("--seconds", type=float, default=10.0, help="most seconds per point")
+    ap.add_argument("--seconds", type=float, default=10.0, help="timed seconds per point")
+    ap.add_argument("--max-requests", type=int, default=20_000, help="most requests per point")
+    ap.add_argument("--model", default=None, help="checkpoint or run dir (default: train one)")
     ap.add_argument("--width", type=int, default=64, help="generator width (64 = DCGAN size)")
     ap.add_argument("--z-dim", type=int, default=128)
-    ap.add_argument(
-        "--max-ongoing", type=int, default=128, help="max_ongoing_requests (app default: 128)"
-    )
     ap.add_argument("--num-cpus", type=float, default=1.0, help="CPUs per replica")
-    ap.add_argument("--ray-cpus", type=int, default=None, help="ray.init(num_cpus=...)")
     ap.add_argument("--gpu", action="store_true", help="replicas on one GPU each")
+    ap.add_argument("--startup-timeout", type=float, default=300.0)
     ap.add_argument("--out", type=Path, default=None, help="also write the JSON here")
+    ap.add_argument("--serve-floor", type=int, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.serve_floor is not None:
+        serve_floor(args.serve_floor, args.model, args.num_cpus, args.gpu)
+        return
 
-    import ray
-    from ray import serve
+    from bench.common import environment
 
-    from ganforge.serve.app import build_app
-
+    # Caught (not ignored) SIGINT, so the servers start with the default disposition and stop
+    # cleanly on the Ctrl-C that `Server.stop` sends, even when this runs in the background.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     tmp = Path(tempfile.mkdtemp(prefix="serve-load-"))
-    ckpt = make_checkpoint(tmp, args.width, args.z_dim)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    # Logical CPUs: all three single-replica apps stay deployed; only the one under load works.
-    ray.init(
-        num_cpus=args.ray_cpus or 3 * max(1, int(args.num_cpus)),
-        include_dashboard=False,
-        log_to_driver=False,
-    )
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    base = f"http://127.0.0.1:{port}"
-    body = {"model": "bench", "count": 1, "format": "png"}
+    ckpt = args.model
+    if ckpt is None:
+        with (tmp / "train.log").open("wb") as log:
+            ckpt = str(train_checkpoint(tmp, args.width, args.z_dim, log))
+    servers = start_servers(ckpt, args, tmp)
     try:
-        serve.run(
-            floor_app(str(ckpt), 32, args.num_cpus, args.max_ongoing),
-            name=FLOOR_APP,
-            route_prefix="/floor",
-            blocking=False,
-        )
-        systems: dict[str, tuple[str, dict | None]] = {"floor": (f"{base}/floor", None)}
-        for mbs in (32, 1):
-            name = f"ganforge_batch{mbs}"
-            app = build_app(
-                {
-                    "models": {"bench": str(ckpt)},
-                    "max_batch_size": mbs,
-                    "max_ongoing_requests": args.max_ongoing,  # the same for every system
-                    "max_queued_requests": -1,  # measure queueing, do not shed load
-                    "num_cpus": args.num_cpus,
-                    "gpu": args.gpu,
-                }
-            )
-            serve.run(app, name=name, route_prefix=f"/{name}", blocking=False)
-            systems[name] = (f"{base}/{name}/v1/generate", body)
-        results = run_points(systems, args)
+        for server, _ in servers.values():
+            asyncio.run(server.wait_ready(args.startup_timeout))
+        urls = {name: s.url + path for name, (s, path) in servers.items()}
+        results = asyncio.run(run_points(urls, args))
     finally:
-        serve.shutdown()
-        ray.shutdown()
+        for server, _ in servers.values():
+            server.stop()
+        if args.model is None:
+            shutil.rmtree(tmp / "run", ignore_errors=True)  # keep only the logs
+    with contextlib.redirect_stdout(sys.stderr):  # importing deepspeed prints a warning
+        env = environment()
     report = {
-        **environment(),
+        **env,
         "setup": {
-            "generator": f"dcgan width {args.width}, z_dim {args.z_dim}, 32x32x3, random weights",
-            "request": "one image per request; ganforge: format=png JSON; floor: one float",
+            "model": ckpt
+            if args.model
+            else f"dcgan width {args.width}, z_dim {args.z_dim}, "
+            "32x32x3, one `ganforge train` step on the embedded demo data",
+            "servers": "one subprocess (own local Ray cluster) per system, Serve HTTP on "
+            "127.0.0.1; ganforge: `ganforge serve --max-batch-size 32|1`, format=png JSON; "
+            "floor: bare deployment returning one float (gets the same JSON body, unread)",
+            "request": "one image per request",
             "replica_cpus": args.num_cpus,
-            "bounds": {"requests": args.requests, "seconds": args.seconds},
-            "max_ongoing_requests": args.max_ongoing,
+            "bounds_per_point": {"seconds": args.seconds, "max_requests": args.max_requests},
+            "warm_up": "8 clients x 1 s per server after start-up, then `clients` requests "
+            "before each point; not counted",
+            "max_ongoing_requests": 128,
             "batch_wait_timeout_s": 0.01,
-            "torch_threads_per_replica": max(1, int(args.num_cpus)),
         },
         "results": results,
         "goals": goals(results),

@@ -13,6 +13,7 @@ merges chunks of concurrent requests (counted in images) into one forward pass p
 import asyncio
 import json
 import logging
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,9 +58,17 @@ fastapi_app = FastAPI(
 fastapi_app.add_middleware(RequestMetricsMiddleware)
 
 
+def retry_after(seconds: float) -> str:
+    """HTTP `Retry-After` takes whole seconds; round up like Serve's own back-pressure 503."""
+    return str(math.ceil(seconds))
+
+
 @fastapi_app.exception_handler(ApiError)
 async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
-    return JSONResponse({"detail": exc.message}, status_code=exc.status)
+    headers = dict(exc.headers or {})
+    if exc.status == 503:  # every overload/unavailable answer says when to come back
+        headers.setdefault("Retry-After", retry_after(getattr(request.app.state, "retry_s", 1)))
+    return JSONResponse({"detail": exc.message}, status_code=exc.status, headers=headers)
 
 
 @fastapi_app.exception_handler(RequestValidationError)
@@ -100,22 +109,35 @@ class GanforgeServer:
         self._run_batch.set_max_batch_size(self.args.max_batch_size)
         self._run_batch.set_batch_wait_timeout_s(self.args.batch_wait_timeout_s)
         fastapi_app.state.max_body_bytes = self.args.max_upload_bytes
+        fastapi_app.state.retry_s = self.args.retry_after_s
         self.metrics = get_metrics()
         for name, m in self.pool.models.items():
             self.metrics.load_time.set(m.load_time_s, tags={"model": name})
-        self._failure: str | None = None
+        # The last inference error since the models last passed a probe; None = none seen.
+        self._last_error: str | None = None
 
     def _model_label(self, name: str) -> str:
         # Bounded metric label values: arbitrary names from clients become "unknown".
         return name if name in self.pool.models else "unknown"
 
     def check_health(self) -> None:
-        if self._failure:
-            raise RuntimeError(f"inference is failing: {self._failure}")
+        """Serve's periodic health check (and /healthz). After an inference error, probe every
+        model with a 1-image forward pass: a fault that persists fails the check (Serve then
+        replaces the replica); one bad batch alone does not."""
+        if self._last_error is None:
+            return
+        try:
+            self.pool.probe()
+        except Exception as e:
+            raise RuntimeError(f"{e} (last request error: {self._last_error})") from None
+        log.info("models pass the probe again after: %s", self._last_error)
+        self._last_error = None
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.01, batch_size_fn=_images_in)
-    async def _run_batch(self, chunks: list[Chunk]) -> list[torch.Tensor]:
-        out: list[torch.Tensor | None] = [None] * len(chunks)
+    async def _run_batch(self, chunks: list[Chunk]) -> list[torch.Tensor | ApiError]:
+        """One forward pass per model. A failing model's chunks get an ApiError (returned, not
+        raised, so the other models' requests in the same batch still get their images)."""
+        out: list[torch.Tensor | ApiError | None] = [None] * len(chunks)
         for name in dict.fromkeys(c.model for c in chunks):
             idx = [i for i, c in enumerate(chunks) if c.model == name]
             z = torch.cat([chunks[i].z for i in idx])
@@ -130,10 +152,18 @@ class GanforgeServer:
                 # a worker thread (asyncio.to_thread) lost 10-30% throughput to contention.
                 images = self.pool.generate(name, z, labels)
             except torch.OutOfMemoryError as e:
-                raise ApiError(503, f"out of memory while generating: {e}") from None
+                # Transient by nature: too much at once. The client retries after Retry-After.
+                err = ApiError(503, f"out of memory while generating {len(z)} images: {e}")
+                for i in idx:
+                    out[i] = err
+                continue
             except Exception as e:
-                self._failure = repr(e)
-                raise
+                log.exception("model %s failed on a batch of %d images", name, len(z))
+                self._last_error = f"{name}: {type(e).__name__}: {e}"
+                err = ApiError(500, f"model {name!r} failed on this batch: {type(e).__name__}: {e}")
+                for i in idx:
+                    out[i] = err
+                continue
             self.metrics.inference_latency.observe(
                 (time.perf_counter() - t0) * 1e3, tags={"model": name}
             )
@@ -148,8 +178,11 @@ class GanforgeServer:
 
     @fastapi_app.get("/healthz")
     async def healthz(self) -> dict[str, Any]:
-        """Liveness: the replica is up and its models are loaded."""
-        self.check_health()
+        """Liveness: the replica is up and its models run (probed after an inference error)."""
+        try:
+            self.check_health()
+        except RuntimeError as e:
+            raise ApiError(503, f"unhealthy: {e}") from None
         return {"status": "ok", "models": list(self.pool.models)}
 
     @fastapi_app.get("/v1/models", response_model=ModelsResponse)
@@ -172,19 +205,25 @@ class GanforgeServer:
         request.state.model = self._model_label(body.model)
         plan = self.pool.plan(body, self.args.max_images_per_request)
         step, n = self.args.max_batch_size, len(plan.z)
-        parts = await asyncio.gather(
-            *(
-                self._run_batch(
-                    Chunk(
-                        body.model,
-                        plan.z[i : i + step],
-                        None if plan.labels is None else plan.labels[i : i + step],
+        if n <= step:  # the usual case: one chunk, no slicing, no gather
+            parts = [await self._run_batch(Chunk(body.model, plan.z, plan.labels))]
+        else:
+            parts = await asyncio.gather(
+                *(
+                    self._run_batch(
+                        Chunk(
+                            body.model,
+                            plan.z[i : i + step],
+                            None if plan.labels is None else plan.labels[i : i + step],
+                        )
                     )
+                    for i in range(0, n, step)
                 )
-                for i in range(0, n, step)
             )
-        )
-        images = torch.cat(parts)
+        for part in parts:
+            if isinstance(part, ApiError):
+                raise part
+        images = parts[0] if len(parts) == 1 else torch.cat(parts)
         self._count_images(plan.model.name, plan.labels, plan.model.class_names, n)
         labels = None if plan.labels is None else plan.labels.tolist()
         headers = {"X-Ganforge-Seed": str(plan.seed)}

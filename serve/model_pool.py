@@ -8,18 +8,20 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from ganforge.checkpoint import LoadedModel, load_model
 from ganforge.serve.schemas import ApiError, GenerateRequest, ModelInfo
 
 log = logging.getLogger("ganforge.serve")
+# Seeds for requests that give none: seeded once from OS entropy, so a request costs no syscall.
+_SEEDS = random.Random()
 
 
 def find_quality(loaded: LoadedModel) -> dict[str, Any] | None:
@@ -141,6 +143,22 @@ class ModelPool:
             labels = torch.zeros(n, dtype=torch.long) if model.num_classes else None
             self.generate(model.name, z, labels)
 
+    def probe(self) -> None:
+        """A 1-image forward pass of every model; raises RuntimeError naming the first model
+        that cannot run one (a persistent fault, as opposed to one failed batch)."""
+        for model in self.models.values():
+            z = torch.zeros(1, model.generator.z_dim)
+            labels = torch.zeros(1, dtype=torch.long) if model.num_classes else None
+            try:
+                images = self.generate(model.name, z, labels)
+            except Exception as e:
+                raise RuntimeError(
+                    f"model {model.name!r} cannot run a 1-image forward pass: "
+                    f"{type(e).__name__}: {e}"
+                ) from None
+            if not torch.isfinite(images).all():
+                raise RuntimeError(f"model {model.name!r} produces non-finite images")
+
     def get(self, name: str) -> ServedModel:
         try:
             return self.models[name]
@@ -164,8 +182,8 @@ class ModelPool:
         if count > max_images:
             raise ApiError(422, f"{count} images requested; the limit is {max_images} per request")
         seed = req.seed
-        if seed is None:  # fresh entropy, reported back so the images can be reproduced
-            seed = int(np.random.SeedSequence().generate_state(1)[0])
+        if seed is None:  # a fresh seed, reported back so the images can be reproduced
+            seed = _SEEDS.getrandbits(63)
         gen = torch.Generator().manual_seed(seed)
         # Fixed draw order (z first, then any random labels) keeps a seed's meaning stable.
         z = sample_latents(count, model.generator.z_dim, gen, req.truncation)

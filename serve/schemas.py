@@ -22,9 +22,9 @@ from pydantic import (
 class ApiError(Exception):
     """A request the app refuses, with the HTTP status and a message that says what is wrong."""
 
-    def __init__(self, status: int, message: str):
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None):
         super().__init__(message)
-        self.status, self.message = status, message
+        self.status, self.message, self.headers = status, message, headers
 
 
 def format_errors(err: ValidationError | list[dict[str, Any]], prefix: str = "") -> str:

@@ -1,4 +1,5 @@
-"""Tiny servable checkpoints for the serving tests and the serving benchmark (no training)."""
+"""Tiny servable checkpoints for the serving tests (no training), and a generator that fails on
+chosen seeds, to test how the app survives a failing batch."""
 
 from __future__ import annotations
 
@@ -54,3 +55,36 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+# Requests with these seeds make `poison_generators`' forward pass raise.
+FAIL_SEED = 666_001  # RuntimeError: one bad batch, the model itself is fine
+OOM_SEED = 666_002  # torch.OutOfMemoryError
+
+
+def poison_generators() -> None:
+    """A Ray `worker_process_setup_hook`: in every worker of the test's Ray job (Serve replicas
+    included), the generator's forward pass raises when its batch holds the first latent of
+    FAIL_SEED or OOM_SEED (drawn as the app draws them). Every other batch runs unchanged."""
+    from ganforge.models.generator import Generator
+    from ganforge.serve.model_pool import sample_latents
+
+    forward = Generator.forward
+    markers: dict[int, dict[int, torch.Tensor]] = {}
+
+    def poisoned(self, z, labels=None):
+        by_seed = markers.setdefault(
+            z.shape[1],
+            {
+                s: sample_latents(1, z.shape[1], torch.Generator().manual_seed(s), None)[0]
+                for s in (FAIL_SEED, OOM_SEED)
+            },
+        )
+        for seed, row in by_seed.items():
+            if (z.detach().cpu() == row).all(dim=1).any():
+                if seed == OOM_SEED:
+                    raise torch.OutOfMemoryError("poisoned batch: pretend the device is full")
+                raise RuntimeError(f"poisoned batch (seed {seed})")
+        return forward(self, z, labels)
+
+    Generator.forward = poisoned

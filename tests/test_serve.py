@@ -1,8 +1,12 @@
 """The serving app end to end: real Ray Serve on loopback, real HTTP (httpx), real metrics.
 
-Checkpoints are tiny random-weight models written with `write_weights_checkpoint` (no training);
-nothing is mocked. One Serve instance per module: the main app at `/` and a deliberately tight
-app (queue limit 1) at `/tight` for the overload test.
+Checkpoints are tiny random-weight models written with `write_weights_checkpoint` (no training),
+except in the slow test that trains every variant with `ganforge train`'s code path. Nothing is
+mocked; the one injected fault is a generator whose forward pass raises on two chosen seeds (a
+Ray worker setup hook, see `serve_helpers.poison_generators`), to test that a failing batch
+costs only its requests. One Ray session and Serve instance per module: the main app at `/`, a
+deliberately tight app (queue limit 1) at `/tight` for the overload test, and the trained
+variants at `/trained`.
 """
 
 from __future__ import annotations
@@ -24,9 +28,18 @@ from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
 sys.path.insert(0, str(Path(__file__).parent))
-from serve_helpers import CLASSES, free_port, make_checkpoint  # noqa: E402
+import serve_helpers  # noqa: E402
+from serve_helpers import (  # noqa: E402
+    CLASSES,
+    FAIL_SEED,
+    OOM_SEED,
+    free_port,
+    make_checkpoint,
+    poison_generators,
+)
 
 MAX_IMAGES = 64
+UPLOAD_LIMIT = 1_048_576  # the app's default max_upload_bytes
 
 
 @pytest.fixture(scope="module")
@@ -37,18 +50,26 @@ def runs(tmp_path_factory) -> dict[str, Path]:
     (cd / "quality").mkdir()
     (cd / "quality" / "metrics.json").write_text(json.dumps({"fid": 41.5, "kid": 0.02}))
     dc_ckpt = make_checkpoint(root / "dc", "wgan-gp", extra_meta={"quality": {"fid": 77.0}})
-    return {"cd": cd, "dc": dc_ckpt / "weights.pt"}
+    # "solo" only ever gets one-image requests (test_concurrent_requests_form_batches).
+    return {"cd": cd, "dc": dc_ckpt / "weights.pt", "solo": make_checkpoint(root / "solo", "dcgan")}
 
 
 @pytest.fixture(scope="module")
 def server(runs):
     import ray
-    from ray import serve
+    from ray import cloudpickle, serve
 
     from ganforge.serve.app import build_app
 
     metrics_port, http_port = free_port(), free_port()
-    ray.init(num_cpus=2, include_dashboard=False, _metrics_export_port=metrics_port)
+    cloudpickle.register_pickle_by_value(serve_helpers)  # the workers cannot import it by name
+    # Logical CPUs: main (1) + tight (0.5) + a training worker (1) + the trained app (0.5).
+    ray.init(
+        num_cpus=4,
+        include_dashboard=False,
+        _metrics_export_port=metrics_port,
+        runtime_env={"worker_process_setup_hook": poison_generators},
+    )
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": http_port})
         models = {k: str(v) for k, v in runs.items()}
@@ -116,7 +137,7 @@ def png_bytes(arr: np.ndarray, fmt: str = "PNG") -> bytes:
 
 def test_healthz_and_index(client):
     r = client.get("/healthz")
-    assert r.status_code == 200 and set(r.json()["models"]) == {"cd", "dc"}
+    assert r.status_code == 200 and set(r.json()["models"]) == {"cd", "dc", "solo"}
     page = client.get("/")
     assert page.status_code == 200 and "v1/generate" in page.text
     assert client.get("/docs").status_code == 200
@@ -238,6 +259,38 @@ def test_malformed_json_and_oversized_body(client):
     assert r.status_code == 413 and "exceeds the limit" in r.json()["detail"]
 
 
+def _chunks(data: bytes, size: int = 65536):
+    # A generator body: httpx sends it with Transfer-Encoding: chunked and no Content-Length.
+    for i in range(0, len(data), size):
+        yield data[i : i + size]
+
+
+def test_chunked_bodies_are_held_to_the_upload_limit(client):
+    big = json.dumps({"model": "cd", "labels": ["cat"] * 200_000}).encode()
+    assert len(big) > UPLOAD_LIMIT
+    json_type = {"content-type": "application/json"}
+    r = client.post("/v1/generate", content=_chunks(big), headers=json_type)
+    assert r.request.headers.get("transfer-encoding") == "chunked"
+    assert "content-length" not in r.request.headers
+    assert r.status_code == 413, r.text
+    assert r.json()["detail"] == f"request body exceeds the limit of {UPLOAD_LIMIT} bytes"
+    # The same for a multipart upload to /v1/score.
+    boundary = "gfboundary"
+    head = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="model"\r\n\r\ncd\r\n'
+        f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="a.png"\r\n'
+        "Content-Type: image/png\r\n\r\n"
+    ).encode()
+    upload = head + b"\0" * (UPLOAD_LIMIT + 1) + f"\r\n--{boundary}--\r\n".encode()
+    form_type = {"content-type": f"multipart/form-data; boundary={boundary}"}
+    r = client.post("/v1/score", content=_chunks(upload), headers=form_type)
+    assert r.status_code == 413 and "exceeds the limit" in r.json()["detail"], r.text
+    # A chunked body under the limit is served as usual.
+    small = json.dumps({"model": "cd", "labels": ["cat", "dog"], "seed": 3}).encode()
+    r = client.post("/v1/generate", content=_chunks(small, 7), headers=json_type)
+    assert r.status_code == 200 and r.json()["classes"] == ["cat", "dog"], r.text
+
+
 def test_score_uploads(client):
     arr = npy(client, model="cd", labels=["dog"], seed=2)[0]
     files = [
@@ -291,25 +344,92 @@ def test_gif_upload_is_refused_by_format(client):
     assert r.status_code == 415 and "GIF images are not accepted" in r.json()["detail"]
 
 
-# --- overload, metrics --------------------------------------------------------------------
+# --- failures, overload, batching, metrics ------------------------------------------------
+
+
+def test_a_failing_batch_costs_only_its_requests(server, client):
+    async def fire():
+        async with httpx.AsyncClient(base_url=server["url"], timeout=60) as c:
+            bad = c.post("/v1/generate", json={"model": "dc", "count": 2, "seed": FAIL_SEED})
+            good = [
+                c.post("/v1/generate", json={"model": "cd", "count": 1, "seed": s})
+                for s in range(4)
+            ]
+            return await asyncio.gather(bad, *good)
+
+    # The poisoned batch of "dc" may share a forward-pass round with "cd" requests: only the
+    # failing model's requests fail.
+    bad, *good = asyncio.run(fire())
+    assert bad.status_code == 500, bad.text
+    assert bad.json()["detail"] == (
+        f"model 'dc' failed on this batch: RuntimeError: poisoned batch (seed {FAIL_SEED})"
+    )
+    assert [r.status_code for r in good] == [200] * 4
+    # The replica keeps serving that model, and stays healthy: the models pass the probe.
+    assert gen(client, model="dc", count=2, seed=1).status_code == 200
+    r = client.get("/healthz")
+    assert r.status_code == 200 and r.json()["status"] == "ok", r.text
+
+
+def test_out_of_memory_gets_503_with_retry_after(client):
+    r = gen(client, model="dc", count=3, seed=OOM_SEED)
+    assert r.status_code == 503, r.text
+    assert r.headers["retry-after"] == "1"  # retry_after_s of the main app (default 1 s)
+    assert "out of memory while generating 3 images" in r.json()["detail"]
+    assert gen(client, model="dc", count=3, seed=2).status_code == 200
+    assert client.get("/healthz").status_code == 200
 
 
 def test_overload_gets_fast_503_with_retry_after(server):
     async def fire(n: int):
+        async def timed(c):
+            t0 = time.perf_counter()
+            r = await c.post("/tight/v1/generate", json=body)
+            return r, time.perf_counter() - t0
+
         async with httpx.AsyncClient(base_url=server["url"], timeout=60) as c:
             body = {"model": "cd", "count": 32, "format": "npy"}
-            return await asyncio.gather(
-                *(c.post("/tight/v1/generate", json=body) for _ in range(n))
-            )
+            return await asyncio.gather(*(timed(c) for _ in range(n)))
 
-    rs = asyncio.run(fire(30))
-    codes = [r.status_code for r in rs]
+    out = asyncio.run(fire(30))
+    codes = [r.status_code for r, _ in out]
     assert set(codes) <= {200, 503}, codes
     assert codes.count(503) >= 1 and codes.count(200) >= 1, codes
-    rejected = next(r for r in rs if r.status_code == 503)
-    assert rejected.headers["retry-after"] == "2"
+    rejected = [(r, dt) for r, dt in out if r.status_code == 503]
+    assert all(r.headers["retry-after"] == "2" for r, _ in rejected)
+    # Fast: the proxy refuses at once instead of queueing (each accepted request runs 32
+    # one-image forward passes one after the other).
+    fastest_ok = min(dt for r, dt in out if r.status_code == 200)
+    slowest_503 = max(dt for _, dt in rejected)
+    assert slowest_503 < 1.0, (slowest_503, fastest_ok)
     # The replica survived the burst.
     assert httpx.get(server["url"] + "/tight/healthz").status_code == 200
+
+
+def test_concurrent_requests_form_batches(server):
+    """Only this test sends to "solo", one image per request: a forward pass of more than one
+    image is a batch merged from concurrent requests."""
+    n = 32
+
+    async def fire():
+        async with httpx.AsyncClient(base_url=server["url"], timeout=60) as c:
+            body = {"model": "solo", "count": 1, "format": "npy"}
+            return await asyncio.gather(*(c.post("/v1/generate", json=body) for _ in range(n)))
+
+    assert [r.status_code for r in asyncio.run(fire())] == [200] * n
+    key = {"model": "solo", "application": "main"}
+    deadline, text = time.time() + 40, ""
+    while time.time() < deadline:  # Ray exports with a delay of a few seconds
+        text = httpx.get(server["metrics"]).text
+        if _sample(text, "ray_ganforge_serve_images_generated_total", **key) >= n:
+            break
+        time.sleep(2)
+    assert _sample(text, "ray_ganforge_serve_images_generated_total", **key) == n
+    # Counts only: Ray exports a histogram's _sum approximately.
+    passes = _sample(text, "ray_ganforge_serve_batch_size_count", **key)
+    single = _sample(text, "ray_ganforge_serve_batch_size_bucket", le="1.0", **key)
+    assert 1 <= passes < n, f"{n} one-image requests took {passes} forward passes"
+    assert single < passes, f"every one of the {passes} forward passes had one image"
 
 
 def _sample(text: str, name: str, **labels) -> float:
@@ -343,6 +463,67 @@ def test_metrics_exported_on_ray_port(server, client):
     assert _sample(text, "ray_ganforge_serve_request_latency_ms_count", route="/v1/generate") > 0
     assert _sample(text, "ray_ganforge_serve_model_load_seconds", model="cd") > 0
     assert "ray_ganforge_serve_queue_depth" in text
+
+
+# --- every variant, trained by ganforge train ---------------------------------------------
+
+
+@pytest.mark.slow
+def test_serves_every_variant_trained_by_ganforge_train(server, tmp_path_factory):
+    """Each registered variant trained for one step (`run_training`, what `ganforge train`
+    runs) on the embedded demo data at width 8, in this module's Ray session; then all of
+    them in one Serve app: generate from each and score an upload with each."""
+    from ray import serve
+
+    from ganforge.cluster.data import demo_cache_dir
+    from ganforge.cluster.launch import run_training
+    from ganforge.data import ensure_demo_shards
+    from ganforge.models import VARIANTS
+    from ganforge.serve.app import build_app
+    from tests.train_helpers import tiny_config
+
+    shards = ensure_demo_shards(demo_cache_dir())
+    root = tmp_path_factory.mktemp("trained")
+    # One step, one report: each ray.train.report costs about 2 s on CPU.
+    one_step = {f"train.{k}": 1 for k in ("max_steps", "log_every", "checkpoint_every")}
+    runs = {}
+    for variant in sorted(VARIANTS):
+        cfg = tiny_config(variant, shards, root / variant, **one_step, **{"train.sample_every": 1})
+        runs[variant] = run_training(cfg, show_progress=False)
+    assert len(runs) == 5
+    serve.run(
+        build_app({"models": {v: str(r) for v, r in runs.items()}, "num_cpus": 0.5}),
+        name="trained",
+        route_prefix="/trained",
+        blocking=False,
+    )
+    try:
+        _wait_ready(server["url"] + "/trained/healthz")
+        with httpx.Client(base_url=server["url"] + "/trained", timeout=60) as c:
+            models = {m["name"]: m for m in c.get("/v1/models").json()["models"]}
+            assert set(models) == set(VARIANTS)
+            for variant, spec in VARIANTS.items():
+                info = models[variant]
+                assert (info["variant"], info["step"]) == (variant, 1)
+                assert info["conditional"] == spec.conditional
+                if spec.conditional:
+                    assert "cat" in info["classes"]  # the CIFAR-10 demo subset's names
+                    body = {"model": variant, "class": "cat", "count": 2, "seed": 4}
+                else:
+                    body = {"model": variant, "count": 2, "seed": 4}
+                r = c.post("/v1/generate", json=body)
+                assert r.status_code == 200, (variant, r.text)
+                out = r.json()
+                assert len(out["images"]) == 2
+                assert out["classes"] == (["cat", "cat"] if spec.conditional else None)
+                png = base64.b64decode(out["images"][0])
+                r = c.post("/v1/score", data={"model": variant}, files=[("files", ("a.png", png))])
+                assert r.status_code == 200, (variant, r.text)
+                score = r.json()
+                assert score["score_kind"] == ("critic" if "wgan" in variant else "logit")
+                assert np.isfinite(score["scores"][0]["score"])
+    finally:
+        serve.delete("trained")
 
 
 # --- web page in a real browser -----------------------------------------------------------

@@ -143,3 +143,39 @@ def test_cli_refuses_bad_checkpoint_before_starting_ray(tmp_path):
     r = CliRunner().invoke(app, ["serve", "--model", f"m={tmp_path / 'missing'}"])
     assert r.exit_code == 2
     assert "model 'm'" in r.output and "no such file" in r.output
+
+
+def test_probe_tells_a_broken_model_from_a_working_one(cd_run):
+    pool = ModelPool({"cd": str(cd_run)})
+    pool.probe()  # loaded models pass
+    first = pool.models["cd"].generator.net[0]
+    weight = first.weight.data
+    first.weight.data = weight.new_full(weight.shape, float("nan"))
+    with pytest.raises(RuntimeError, match="model 'cd' produces non-finite images"):
+        pool.probe()
+    first.weight.data = weight[:1]  # a persistent fault: the layer lost most of its weights
+    with pytest.raises(RuntimeError, match="model 'cd' cannot run a 1-image forward pass"):
+        pool.probe()
+    first.weight.data = weight
+    pool.probe()
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_png_codec_matches_the_reference_conversion_and_decodes_exactly(channels):
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from ganforge.images import to_uint8 as reference
+    from ganforge.serve import codecs
+
+    x = torch.rand(4, channels, 32, 17, generator=torch.Generator().manual_seed(0)) * 2.4 - 1.2
+    x[0, 0, 0, :5] = torch.tensor([-1.0, 1.0, 0.0, 1 / 255 - 1, 3 / 255 - 1])  # edges, halves
+    arr = codecs.to_uint8(x)
+    assert np.array_equal(arr, reference(x))
+    mode = "L" if channels == 1 else "RGB"
+    for a in arr:
+        img = Image.open(io.BytesIO(codecs.png(a)))
+        assert (img.format, img.mode, img.size) == ("PNG", mode, (17, 32))
+        assert np.array_equal(np.asarray(img).reshape(a.shape), a)
