@@ -65,5 +65,5 @@ def train_tiny_classifier(shards: Path, out: Path) -> dict:
     from ganforge.quality.classifier_training import train_classifier
 
     return train_classifier(
-        shards, out, epochs=3, batch_size=32, lr=0.1, widths=(8, 16, 32), progress=False
+        shards, out, epochs=6, batch_size=32, lr=0.1, widths=(8, 16, 32), progress=False
     )
