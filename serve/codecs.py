@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from ganforge.images import array_to_png, make_grid
+from ganforge.images import array_to_png, make_grid, to_uint8
 from ganforge.serve.schemas import ApiError
 
 UPLOAD_FORMATS = {"PNG", "JPEG"}
@@ -20,14 +20,6 @@ MAX_UPLOAD_PIXELS = 4096 * 4096
 
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-
-def to_uint8(images: torch.Tensor) -> np.ndarray:
-    """[N, C, H, W] float in [-1, 1] on CPU -> [N, H, W, C] uint8; the same values as
-    `ganforge.images.to_uint8` (round half to even) from numpy, which takes a quarter of the
-    time of those six tiny torch ops (measured: 8 vs 32 us for one 32x32 RGB image)."""
-    x = images.detach().float().numpy()
-    return np.rint((np.clip(x, -1, 1) + 1) * 127.5).astype(np.uint8).transpose(0, 2, 3, 1)
 
 
 def _chunk(kind: bytes, data: bytes) -> bytes:

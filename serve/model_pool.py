@@ -135,22 +135,23 @@ class ModelPool:
             model.load_time_s = time.perf_counter() - t0
             log.info("loaded %s from %s in %.2fs", name, loaded.path, model.load_time_s)
 
+    def _forward(self, model: ServedModel, n: int) -> torch.Tensor:
+        """n images from fixed noise (seed 0) and class 0: warm-up and health probe."""
+        z = sample_latents(n, model.generator.z_dim, torch.Generator().manual_seed(0), None)
+        labels = torch.zeros(n, dtype=torch.long) if model.num_classes else None
+        return self.generate(model.name, z, labels)
+
     def _warm_up(self, model: ServedModel, batch: int) -> None:
         # The first forward passes pick kernels and allocate; do them before traffic arrives.
         for n in {1, max(1, batch)}:
-            gen = torch.Generator().manual_seed(0)
-            z = sample_latents(n, model.generator.z_dim, gen, None)
-            labels = torch.zeros(n, dtype=torch.long) if model.num_classes else None
-            self.generate(model.name, z, labels)
+            self._forward(model, n)
 
     def probe(self) -> None:
         """A 1-image forward pass of every model; raises RuntimeError naming the first model
         that cannot run one (a persistent fault, as opposed to one failed batch)."""
         for model in self.models.values():
-            z = torch.zeros(1, model.generator.z_dim)
-            labels = torch.zeros(1, dtype=torch.long) if model.num_classes else None
             try:
-                images = self.generate(model.name, z, labels)
+                images = self._forward(model, 1)
             except Exception as e:
                 raise RuntimeError(
                     f"model {model.name!r} cannot run a 1-image forward pass: "
