@@ -18,15 +18,19 @@ from pathlib import Path
 import torch
 
 from ganforge.checkpoint import (
+    CheckpointError,
     checkpoint_meta,
     checkpoint_root,
     hash_tree,
     latest_valid,
+    list_checkpoints,
+    verify,
     write_marker,
     write_weights,
 )
 from ganforge.cluster.distributed import all_gather_object, broadcast_object
 from ganforge.cluster.engines import GANEngines
+from ganforge.storage import RemoteRun
 
 log = logging.getLogger("ganforge.train")
 
@@ -63,10 +67,12 @@ def save_and_report(
     return time.perf_counter() - t0
 
 
-def find_resume_point(run_dir: Path, rank: int) -> Path | None:
+def find_resume_point(run_dir: Path, rank: int, store: RemoteRun | None = None) -> Path | None:
     """Rank 0 picks the newest checkpoint that verifies (Ray's latest first); all ranks agree."""
     import ray.train
 
+    if store is not None:
+        return _download_resume_point(store, rank)
     choice = None
     if rank == 0:
         candidates = []
@@ -77,6 +83,27 @@ def find_resume_point(run_dir: Path, rank: int) -> Path | None:
         choice = str(found) if found else None
     choice = broadcast_object(choice)
     return Path(choice) if choice else None
+
+
+def _download_resume_point(store: RemoteRun, rank: int) -> Path | None:
+    """Object-store run: rank 0 downloads checkpoints newest first until one verifies, then every
+    other rank downloads that one into its own folder (ranks may share a node)."""
+    names = [d.name for _, d in list_checkpoints(store.pull_markers())] if rank == 0 else []
+    choice = None
+    for name in names:
+        local = store.pull_tree(f"checkpoints/{name}", store.local / ".restore" / f"rank-{rank}")
+        try:
+            verify(local)
+            choice = name
+            break
+        except CheckpointError as e:
+            log.warning("skipping checkpoint %s/checkpoints/%s: %s", store.uri, name, e)
+    choice = broadcast_object(choice)
+    if choice is None:
+        return None
+    if rank != 0:
+        store.pull_tree(f"checkpoints/{choice}", store.local / ".restore" / f"rank-{rank}")
+    return store.local / ".restore" / f"rank-{rank}"
 
 
 def restore(gan: GANEngines, ckpt: Path) -> tuple[int, int]:

@@ -27,7 +27,13 @@ def train(
         help="Shard URLs: a dir with dataset.json, a brace pattern, http(s)://, file://, pipe:. "
         "Default: data.urls of the config (null = the embedded demo subset).",
     ),
-    run_dir: Path = typer.Option(None, "--run-dir", help="Run directory (default runs/<name>)."),
+    run_dir: str = typer.Option(
+        None,
+        "--run-dir",
+        help="Run directory (default runs/<name>), or an object-store URI (s3://bucket/runs/x, "
+        "gs://...): checkpoints go there through Ray Train, logs and samples after each "
+        "checkpoint.",
+    ),
     max_steps: int = typer.Option(None, "--max-steps", min=1, help="Generator steps to train."),
     num_workers: int = typer.Option(
         None, "--num-workers", "-n", min=1, help="Data-parallel Ray Train workers (default 1)."
@@ -61,7 +67,7 @@ def train(
         overrides = dict(parse_override(s) for s in set_)
         overrides |= {
             "data.urls": data,
-            "run_dir": str(run_dir) if run_dir else None,
+            "run_dir": run_dir,
             "train.max_steps": max_steps,
             "cluster.num_workers": num_workers,
             "cluster.gpu": gpu,
@@ -72,7 +78,8 @@ def train(
         out = run_training(cfg, resume=resume, show_progress=progress)
     except ConfigError as e:
         _fail(str(e))
-    typer.echo(f"run dir: {out}")
+    mirror = f" (local mirror {out})" if str(out) != cfg.run_dir else ""
+    typer.echo(f"run dir: {cfg.run_dir}{mirror}")
 
 
 def demo(

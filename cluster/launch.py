@@ -18,16 +18,23 @@ import yaml
 
 from ganforge.checkpoint import CheckpointError, checkpoint_root, list_checkpoints, read_marker
 from ganforge.config import ConfigError, GanforgeConfig
+from ganforge.storage import RemoteRun, StorageError, is_uri
 
 
 @dataclass
 class PreparedRun:
     config: GanforgeConfig
-    run_dir: Path
+    run_dir: Path  # local folder (the mirror when the run lives in an object store)
     urls: list[str]
     classes: list[str]
     resume_from: Path | None
     start_step: int
+    store: RemoteRun | None = None
+
+    @property
+    def storage_path(self) -> str:
+        """Where Ray Train puts checkpoints: the object-store URI or the local run dir."""
+        return self.store.uri if self.store else str(self.run_dir)
 
 
 def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -52,7 +59,7 @@ def _check_run_dir(cfg: GanforgeConfig, run_dir: Path) -> None:
     diff = sorted(k for k in new_fp.keys() | old_fp.keys() if new_fp.get(k) != old_fp.get(k))
     if diff:
         raise ConfigError(
-            f"run dir {run_dir} belongs to a different config (differs in: {', '.join(diff)}); "
+            f"run dir {cfg.run_dir} belongs to a different config (differs in: {', '.join(diff)}); "
             "pick a new --run-dir or use the original config"
         )
 
@@ -84,31 +91,47 @@ def prepare_run(cfg: GanforgeConfig, resume: bool | None = None) -> PreparedRun:
     if not classes and cfg.model.num_classes:
         classes = [str(i) for i in range(cfg.model.num_classes)]
 
-    run_dir = cfg.resolved_run_dir().expanduser().resolve()
-    cfg.run_dir = str(run_dir)
+    store = None
+    if is_uri(cfg.run_dir):
+        try:
+            store = RemoteRun(cfg.run_dir)
+            store.pull_markers()  # config.yaml + checkpoint markers, to check and plan below
+        except StorageError as e:
+            raise ConfigError(str(e)) from None
+        run_dir, cfg.run_dir = store.local, store.uri
+    else:
+        run_dir = cfg.resolved_run_dir().expanduser().resolve()
+        cfg.run_dir = str(run_dir)
     _check_run_dir(cfg, run_dir)
     existing = list_checkpoints(checkpoint_root(run_dir))
     if resume is True and not existing:
-        raise ConfigError(f"--resume: no checkpoint in {checkpoint_root(run_dir)}")
+        raise ConfigError(f"--resume: no checkpoint in {cfg.run_dir}/checkpoints")
     if resume is False and existing:
         raise ConfigError(
-            f"{run_dir} already holds checkpoints (latest step {existing[0][0]}); "
+            f"{cfg.run_dir} already holds checkpoints (latest step {existing[0][0]}); "
             "pass --resume to continue it or choose another --run-dir"
         )
     if existing:
-        _check_world_size(existing[0][1], cfg.cluster.num_workers)
+        _check_world_size(existing[0][1], cfg.cluster.num_workers, cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(cfg.to_yaml())
+    if store:
+        try:
+            store.write_text("config.yaml", cfg.to_yaml())
+        except StorageError as e:
+            raise ConfigError(str(e)) from None
+    else:
+        (run_dir / "config.yaml").write_text(cfg.to_yaml())
     start = existing[0][0] if existing else 0
     if start >= cfg.train.max_steps:
         raise ConfigError(
-            f"{run_dir} is already at step {start} >= train.max_steps={cfg.train.max_steps}; "
+            f"{cfg.run_dir} is already at step {start} >= train.max_steps={cfg.train.max_steps}; "
             "raise --max-steps to train further"
         )
-    return PreparedRun(cfg, run_dir, urls, classes, existing[0][1] if existing else None, start)
+    resume_from = existing[0][1] if existing else None
+    return PreparedRun(cfg, run_dir, urls, classes, resume_from, start, store)
 
 
-def _check_world_size(ckpt: Path, num_workers: int) -> None:
+def _check_world_size(ckpt: Path, num_workers: int, run: str) -> None:
     """Refuse, before any worker starts, to resume with another worker count: each rank restores
     its own engine and data-position files, so the checkpoint only fits the world that wrote it."""
     try:
@@ -117,7 +140,7 @@ def _check_world_size(ckpt: Path, num_workers: int) -> None:
         return  # incomplete newest checkpoint: the workers skip it and pick an older one
     if saved is not None and int(saved) != num_workers:
         raise ConfigError(
-            f"{ckpt.parent.parent} was trained with --num-workers {saved}; resume it with "
+            f"{run} was trained with --num-workers {saved}; resume it with "
             f"--num-workers {saved} (this launch asks for {num_workers}), or start a new --run-dir"
         )
 
@@ -190,6 +213,7 @@ def run_training(
             "urls": prep.urls,
             "classes": prep.classes,
             "run_dir": str(prep.run_dir),
+            "run_uri": prep.store.uri if prep.store else None,
             "launch_id": uuid.uuid4().hex[:12],
         },
         torch_config=TorchConfig(backend="nccl" if cfg.cluster.gpu else "gloo"),
@@ -200,13 +224,13 @@ def run_training(
         ),
         run_config=RunConfig(
             name="checkpoints",
-            storage_path=str(prep.run_dir),
+            storage_path=prep.storage_path,
             failure_config=FailureConfig(max_failures=cfg.cluster.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
         ),
     )
     if prep.resume_from is not None:
-        print(f"[ganforge] resuming {prep.run_dir} from step {prep.start_step}", flush=True)
+        print(f"[ganforge] resuming {prep.storage_path} from step {prep.start_step}", flush=True)
     with ProgressTail(
         prep.run_dir / "metrics.jsonl", cfg.train.max_steps, prep.start_step, show_progress
     ):

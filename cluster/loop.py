@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -129,6 +130,7 @@ def train(gan, loader, logger, cfg: GanforgeConfig, classes: list[str], prog: Pr
             prog.saved_step = prog.step
             if logger:
                 logger.gauge(checkpoint_seconds=prog.checkpoint_s)
+                logger.sync()
         window = Window()
     if prog.saved_step < prog.step:  # one-pass data ran out before max_steps: keep the work
         final_metrics = {"step": prog.step, "images_seen": prog.images_seen, "data_exhausted": 1}
@@ -164,12 +166,14 @@ def train_func(loop_cfg: dict[str, Any]) -> None:
     from ganforge.cluster.data import build_loader
     from ganforge.cluster.engines import GANEngines
     from ganforge.cluster.run_logging import RunLogger
+    from ganforge.storage import RemoteRun
 
     _quiet_ray_train_reports()
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     cfg = GanforgeConfig.model_validate(loop_cfg["config"])
-    run_dir = Path(loop_cfg["run_dir"])
+    store = RemoteRun(loop_cfg["run_uri"]) if loop_cfg.get("run_uri") else None
+    run_dir = store.local if store else Path(loop_cfg["run_dir"])
     torch.set_num_threads(cfg.cluster.cpus_per_worker)
     device = ray.train.torch.get_device() if cfg.cluster.gpu else torch.device("cpu")
     (run_dir / "pids").mkdir(parents=True, exist_ok=True)
@@ -177,10 +181,12 @@ def train_func(loop_cfg: dict[str, Any]) -> None:
 
     gan = GANEngines(cfg, device, rank, world)
     prog = Progress()
-    ckpt = find_resume_point(run_dir, rank)
+    ckpt = find_resume_point(run_dir, rank, store)
     if ckpt is not None:
         prog.step, prog.images_seen = restore(gan, ckpt)
         prog.saved_step = prog.step
+        if store:  # a downloaded copy: the store keeps the checkpoint
+            shutil.rmtree(ckpt, ignore_errors=True)
     loader = build_loader(
         loop_cfg["urls"],
         cfg.data,
@@ -195,10 +201,14 @@ def train_func(loop_cfg: dict[str, Any]) -> None:
     )
     logger = None
     if rank == 0:
+        if store:  # the store's logs end at its newest checkpoint: continue from them
+            store.pull_file("metrics.jsonl") or (run_dir / "metrics.jsonl").unlink(missing_ok=True)
+            store.pull_file(f".launches/{loop_cfg['launch_id']}")
         starts = _count_start(run_dir, loop_cfg["launch_id"])
-        logger = RunLogger(run_dir, cfg.cluster.metrics_port, restarts=starts - 1)
+        logger = RunLogger(run_dir, cfg.cluster.metrics_port, restarts=starts - 1, store=store)
         if ckpt is not None:
-            print(f"[ganforge] resumed from {ckpt} at step {prog.step}", flush=True)
+            where = store.uri if store else ckpt
+            print(f"[ganforge] resumed from {where} at step {prog.step}", flush=True)
     try:
         train(gan, loader, logger, cfg, loop_cfg["classes"], prog)
     finally:

@@ -11,6 +11,7 @@ import torch
 
 from ganforge.cluster.noise import fixed_sample_noise
 from ganforge.images import save_grid
+from ganforge.storage import RemoteRun
 
 PROM_GAUGES = {
     "step": "Generator steps completed",
@@ -60,10 +61,15 @@ class PrometheusExporter:
 class RunLogger:
     """Everything rank 0 writes into the run directory while training."""
 
-    def __init__(self, run_dir: Path, metrics_port: int | None, restarts: int):
+    # What an object-store run pushes after each checkpoint (the rest of the mirror is local).
+    SYNCED = ("metrics.jsonl", "samples", "tensorboard", ".launches")
+
+    def __init__(
+        self, run_dir: Path, metrics_port: int | None, restarts: int, store: RemoteRun | None = None
+    ):
         from torch.utils.tensorboard import SummaryWriter
 
-        self.run_dir = run_dir
+        self.run_dir, self.store = run_dir, store
         self.metrics_path = run_dir / "metrics.jsonl"
         self.tb = SummaryWriter(str(run_dir / "tensorboard"))
         self.prom = PrometheusExporter(metrics_port) if metrics_port else None
@@ -98,7 +104,14 @@ class RunLogger:
         images = generator(z.to(device), None if labels is None else labels.to(device))
         return save_grid(images, self.run_dir / "samples" / f"step-{step:06d}.png", nrow=per_row)
 
+    def sync(self) -> None:
+        """Object-store run: upload the logs and samples written since the last sync."""
+        if self.store:
+            self.tb.flush()
+            self.store.push(*self.SYNCED)
+
     def close(self) -> None:
         self.tb.close()
+        self.sync()
         if self.prom:
             self.prom.close()

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from ganforge.config import GanforgeConfig
+from ganforge.storage import StorageError, localize
 
 MARKER = "ganforge.json"
 WEIGHTS = "weights.pt"
@@ -74,11 +75,14 @@ def read_marker(root: Path) -> dict[str, Any]:
     return meta
 
 
-def verify(root: Path, deep: bool = True) -> dict[str, Any]:
-    """Return the marker if every listed file exists (and, if deep, has its sha256); else raise."""
+def verify(root: Path, deep: bool = True, only: set[str] | None = None) -> dict[str, Any]:
+    """Return the marker if every listed file exists (and, if deep, has its sha256); else raise.
+    `only` limits the check to those files (serving needs weights.pt, not the DeepSpeed states)."""
     root = Path(root)
     meta = read_marker(root)
     for rel, digest in meta["files"].items():
+        if only is not None and rel not in only:
+            continue
         p = root / rel
         if not p.is_file():
             raise CheckpointError(f"{root}: missing file {rel} (partial checkpoint)")
@@ -98,13 +102,15 @@ def list_checkpoints(ckpt_root: Path) -> list[tuple[int, Path]]:
     return sorted(found, key=lambda t: (t[0], t[1].name), reverse=True)
 
 
-def latest_valid(ckpt_root: Path, candidates: list[Path] | None = None) -> Path | None:
+def latest_valid(
+    ckpt_root: Path, candidates: list[Path] | None = None, only: set[str] | None = None
+) -> Path | None:
     """The newest checkpoint that verifies; corrupt or partial ones are skipped with a warning."""
     ordered = [p for p in (candidates or []) if p is not None]
     ordered += [d for _, d in list_checkpoints(ckpt_root) if d not in ordered]
     for d in ordered:
         try:
-            verify(d)
+            verify(d, only=only)
             return d
         except CheckpointError as e:
             log.warning("skipping checkpoint: %s", e)
@@ -135,8 +141,12 @@ class LoadedModel:
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
-    """Accept a run dir, a checkpoints/ dir, a checkpoint dir or its weights.pt file."""
-    p = Path(path)
+    """The newest servable checkpoint (its weights.pt verified) of a run dir, a checkpoints/ dir,
+    a checkpoint dir or its weights.pt file; any of these may be an object-store URI."""
+    try:
+        p = localize(path)
+    except StorageError as e:
+        raise CheckpointError(str(e)) from None
     if not p.exists():
         raise CheckpointError(f"{p}: no such file or directory")
     if p.is_file():
@@ -145,7 +155,7 @@ def resolve_checkpoint(path: str | Path) -> Path:
         return p
     for root in (checkpoint_root(p), p):
         if root.is_dir():
-            best = latest_valid(root)
+            best = latest_valid(root, only={WEIGHTS})
             if best is not None:
                 return best
     raise CheckpointError(f"{path}: no valid ganforge checkpoint found (looked in {p})")
@@ -160,7 +170,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedMo
     from ganforge.models import build_discriminator, build_generator
 
     root = resolve_checkpoint(path)
-    meta = verify(root)
+    meta = verify(root, only={WEIGHTS})
     cfg = GanforgeConfig.model_validate(meta["config"])
     cfg.model.kernels = "auto"
     try:

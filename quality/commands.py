@@ -54,8 +54,10 @@ def train_classifier_cmd(
 
 
 def eval_cmd(
-    run_dirs: list[Path] = typer.Argument(
-        ..., help="Run directories (or checkpoint dirs) to compare, one report row each."
+    run_dirs: list[str] = typer.Argument(
+        ...,
+        help="Run directories (or checkpoint dirs) to compare, one report row each; paths or "
+        "object-store URIs (s3://...).",
     ),
     data: Path = typer.Option(
         ..., "--data", help="Real images: shard directory with dataset.json."

@@ -20,6 +20,7 @@ from ganforge.quality import metrics as M
 from ganforge.quality.features import ClassifierExtractor, build_classifier_extractor, extract
 from ganforge.quality.image_stats import image_stats
 from ganforge.quality.real_images import RealImages, load_real
+from ganforge.storage import RemoteRun, StorageError, is_uri, localize
 
 
 class EvalError(ValueError):
@@ -55,8 +56,12 @@ class RealReference:
 
 
 def select_checkpoints(run_dir: str | Path, which: str) -> list[tuple[int, Path]]:
-    """`latest`, `all` (oldest first) or a step number -> [(step, checkpoint dir)]."""
-    p = Path(run_dir)
+    """`latest`, `all` (oldest first) or a step number -> [(step, checkpoint dir)]. `run_dir` may
+    be an object-store URI (its markers and weights are mirrored locally first)."""
+    try:
+        p = localize(run_dir)
+    except StorageError as e:
+        raise EvalError(str(e)) from None
     if not p.exists():
         raise EvalError(f"{run_dir}: no such run directory")
     try:  # a checkpoint dir itself
@@ -228,20 +233,24 @@ def evaluate_runs(
 
     for r in run_dirs:  # fail on a typo before minutes of feature extraction
         select_checkpoints(r, s.checkpoint)
+    uris = {str(localize(r)): str(r) for r in run_dirs if is_uri(r)}  # mirror -> URI
     classes = list(read_manifest(data)["classes"])
     if s.class_name is not None and s.class_name not in classes:
         raise EvalError(f"unknown class {s.class_name!r}; the dataset has: {', '.join(classes)}")
     extractor = build_extractor(s.inception_weights, s.classifier)
     judge = _judge_for(classes, s)
     ref = build_reference(data, s, extractor, judge, progress)
-    runs = [evaluate_run(Path(r), ref, extractor, judge, s, progress) for r in run_dirs]
+    runs = [evaluate_run(localize(r), ref, extractor, judge, s, progress) for r in run_dirs]
     seen: dict[str, int] = {}
     for run in runs:  # two runs named alike (a/run, b/run) must stay apart in tables and grids
         seen[run["name"]] = seen.get(run["name"], 0) + 1
         if seen[run["name"]] > 1:
             run["name"] = f"{run['name']}-{seen[run['name']]}"
     for run in runs:
-        write_run_metrics(run, extractor.name, s)
+        written = write_run_metrics(run, extractor.name, s)
+        if written and run["run_dir"] in uris:  # an object-store run: the server reads it there
+            RemoteRun(uris[run["run_dir"]]).push("quality/metrics.json")
+            run["run_dir"] = uris[run["run_dir"]]
     body = {
         "extractor": extractor.name,
         "judge": judge.name if judge is not None else None,

@@ -14,11 +14,15 @@ def parse_models(specs: list[str]) -> dict[str, str]:
     """`NAME=PATH` strings -> {name: path}; a bare PATH is named after its run dir."""
     from pathlib import Path
 
+    from ganforge.storage import is_uri
+
     models: dict[str, str] = {}
     for spec in specs:
         name, sep, path = spec.partition("=")
         if not sep:
-            name, path = Path(spec).resolve().name, spec
+            path = spec
+            tail = spec.rstrip("/").rsplit("/", 1)[-1]
+            name = tail if is_uri(spec) else Path(spec).resolve().name
         if not name or not path:
             raise typer.BadParameter(f"{spec!r}: expected NAME=PATH", param_hint="--model")
         if name in models:
@@ -32,8 +36,8 @@ def serve_cmd(
         ...,
         "--model",
         "-m",
-        help="NAME=PATH of a run dir, its checkpoints/ dir, a checkpoint dir or weights.pt. "
-        "Repeat for several models.",
+        help="NAME=PATH of a run dir, its checkpoints/ dir, a checkpoint dir or weights.pt; the "
+        "run dir or checkpoint may be an object-store URI (s3://...). Repeat for several models.",
     ),
     host: str = typer.Option("127.0.0.1", help="Address the HTTP proxy binds (0.0.0.0 = all)."),
     port: int = typer.Option(8000, min=1, max=65535, help="HTTP port of the Serve proxy."),

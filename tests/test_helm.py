@@ -31,7 +31,8 @@ K8S_VERSION = "1.30"
 # Given first to every render (the case's own file overrides it): the chart refuses to guess the
 # run claim's storage class (values.yaml, storage), so the tests name an RWX class, as users must.
 BASE: dict[str, Any] = {"storage": {"create": {"storageClassName": "standard-rwx"}}}
-RWX_REFUSAL = "storage: set storage.create.storageClassName to a ReadWriteMany StorageClass"
+RWX_REFUSAL = "storage.create.storageClassName to a ReadWriteMany StorageClass"
+RUNS_URL = "s3://my-bucket/ganforge"
 SERVE_ARGS = {
     "models",
     "max_batch_size",
@@ -134,6 +135,13 @@ CASES: dict[str, dict[str, Any]] = {
             "credentialsSecret": "s3-creds",
             "env": {"AWS_REGION": "eu-west-1", "AWS_ENDPOINT_URL": "https://s3.example.com"},
         },
+    },
+    # Runs in a bucket instead of a claim: nothing to mount, shards streamed from the store.
+    "object-store-runs": {
+        "storage": {"url": RUNS_URL, "create": {"storageClassName": ""}},
+        "data": {"urls": "pipe:aws s3 cp s3://my-bucket/cifar10/train-{000000..000099}.tar -"},
+        "objectStore": {"credentialsSecret": "s3-creds"},
+        "serve": {"enabled": True, "models": {"cwgan-gp": f"{RUNS_URL}/runs/cwgan-gp"}},
     },
     "existing-pvcs": {
         "storage": {"existingClaim": "team-runs", "create": {"storageClassName": ""}},
@@ -258,7 +266,7 @@ def test_chart_renders_and_validates(helm: str, tmp_path: Path, case: str) -> No
         values["serve"]["enabled"] and values["serve"]["ingress"]["enabled"]
     )
     pvcs = by_kind(docs, "PersistentVolumeClaim")
-    assert bool(pvcs) is (not values["storage"]["existingClaim"])
+    assert bool(pvcs) is (not (values["storage"]["existingClaim"] or values["storage"]["url"]))
     for pvc in pvcs:
         # RWX: head, workers and serving pods mount it from several nodes (values.yaml, storage).
         mode = "ReadWriteOnce" if single else "ReadWriteMany"
@@ -301,6 +309,7 @@ def test_storage_class_must_be_chosen(helm: str, tmp_path: Path) -> None:
         {"storage": {"create": {"storageClassName": "efs-sc"}}},
         {"storage": {"existingClaim": "runs"}},
         {"storage": {"singleNode": True}},
+        {"storage": {"url": RUNS_URL}, "data": {"urls": "pipe:cat /dev/null"}},
     ):
         proc = _run(helm, "template", values, tmp_path, base=False)
         assert proc.returncode == 0, (values, proc.stderr)
@@ -348,7 +357,9 @@ def test_gpu_counts_reach_pods_and_entrypoint(
     assert params["gpu"] is (gpus > 0)
 
 
-@pytest.mark.parametrize("case", ["defaults", "gpu8-bf16", "object-store", "config-file"])
+@pytest.mark.parametrize(
+    "case", ["defaults", "gpu8-bf16", "object-store", "object-store-runs", "config-file"]
+)
 def test_entrypoint_yields_a_valid_training_config(helm: str, tmp_path: Path, case: str) -> None:
     from ganforge.config import load_config, parse_override, resolve_config_path
 
@@ -356,7 +367,8 @@ def test_entrypoint_yields_a_valid_training_config(helm: str, tmp_path: Path, ca
     docs = render(helm, CASES[case], tmp_path)
     job = by_kind(docs, "RayJob")[0]
     argv, params = _parse_entrypoint(job["spec"]["entrypoint"])
-    run_dir = f"{values['storage']['mountPath']}/runs/{values['train']['name']}"
+    runs = values["storage"]["url"] or values["storage"]["mountPath"]
+    run_dir = f"{runs}/runs/{values['train']['name']}"
     assert str(params["run_dir"]) == run_dir
     assert params["data"] == (values["data"]["urls"] or None)
     # The same precedence as `ganforge train`: --set first, then the dedicated flags.
@@ -400,6 +412,27 @@ def test_object_store_credentials_come_from_a_secret_reference(helm: str, tmp_pa
         assert not any(v["name"] == "shards" for v in template["spec"]["volumes"])
     _, params = _parse_entrypoint(job["spec"]["entrypoint"])
     assert params["data"] == CASES["object-store"]["data"]["urls"]
+
+
+def test_object_store_runs_mount_no_claim(helm: str, tmp_path: Path) -> None:
+    """storage.url: the run dir is the bucket URL; no pod mounts a run claim, none is created;
+    every Ray pod (training and serving) gets the credentials to reach the bucket."""
+    docs = render(helm, CASES["object-store-runs"], tmp_path)
+    assert not by_kind(docs, "PersistentVolumeClaim")
+    job, svc = by_kind(docs, "RayJob")[0], by_kind(docs, "RayService")[0]
+    _, params = _parse_entrypoint(job["spec"]["entrypoint"])
+    assert params["run_dir"] == f"{RUNS_URL}/runs/cwgan-gp"
+    for doc in (job, svc):
+        for name, template in _pod_templates(doc):
+            if name == "submitter":
+                continue
+            assert not [v for v in template["spec"]["volumes"] if "persistentVolumeClaim" in v]
+            c = template["spec"]["containers"][0]
+            assert c["envFrom"] == [{"secretRef": {"name": "s3-creds"}}], name
+            # The local mirror of the run lives under $HOME/.cache on the writable /tmp.
+            assert {"name": "HOME", "value": "/tmp"} in c["env"]
+    app = yaml.safe_load(svc["spec"]["serveConfigV2"])["applications"][0]
+    assert app["args"]["models"] == {"cwgan-gp": f"{RUNS_URL}/runs/cwgan-gp"}
 
 
 def test_existing_claims_are_mounted_not_created(helm: str, tmp_path: Path) -> None:
@@ -521,6 +554,21 @@ BAD_VALUES = [
     ({"train": {"variant": "stylegan"}}, "train.variant: train.variant must be one of", BOTH),
     ({"train": {"head": {"resources": {"requests": None}}}}, "requests is required", BOTH),
     ({"kuberayVersion": "v1.5"}, "kuberayVersion: Does not match pattern", BOTH),
+    ({"storage": {"url": "my-bucket/runs"}}, "storage.url: Does not match pattern", BOTH),
+    (
+        {"storage": {"url": RUNS_URL}},
+        "data.urls (/mnt/ganforge/shards) is a folder on the run claim, but storage.url is set",
+        TPL,
+    ),
+    (
+        {
+            "storage": {"url": RUNS_URL},
+            "train": {"enabled": False},
+            "serve": {"enabled": True},
+        },
+        "serve.models.cwgan-gp is /mnt/ganforge/runs/cwgan-gp, a path, but storage.url is set",
+        TPL,
+    ),
     # The app's own bounds (serve/schemas.py AppArgs), refused before anything is deployed.
     (
         {"serve": {"maxUploadBytes": 512}},

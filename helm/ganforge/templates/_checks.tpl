@@ -18,8 +18,26 @@ and what to change. Rendered by validate.yaml, so `helm install/upgrade/template
 
 {{- define "ganforge.checks.storage" -}}
 {{- $st := .Values.storage -}}
-{{- if not (or $st.existingClaim $st.create.storageClassName $st.singleNode) -}}
-{{- fail "storage: set storage.create.storageClassName to a ReadWriteMany StorageClass (EKS: efs-sc from the EFS CSI driver; GKE: standard-rwx from the Filestore CSI driver; AKS: azurefile-csi; or an NFS provisioner's class), or storage.existingClaim to an existing ReadWriteMany claim, or storage.singleNode=true when every Ray pod runs on one node. The training head, every training worker and the serving pods mount the run claim from several nodes, and the default StorageClass of a GPU cluster is usually ReadWriteOnce (EKS gp3, GKE standard-rwo), where the claim would never bind and every pod would stay Pending." -}}
+{{- if $st.url -}}
+{{- include "ganforge.checks.objectStoreRuns" . -}}
+{{- else if not (or $st.existingClaim $st.create.storageClassName $st.singleNode) -}}
+{{- fail "storage: set storage.url to an object-store URL for runs (s3://bucket/prefix), or storage.create.storageClassName to a ReadWriteMany StorageClass (EKS: efs-sc from the EFS CSI driver; GKE: standard-rwx from the Filestore CSI driver; AKS: azurefile-csi; or an NFS provisioner's class), or storage.existingClaim to an existing ReadWriteMany claim, or storage.singleNode=true when every Ray pod runs on one node. The training head, every training worker and the serving pods mount the run claim from several nodes, and the default StorageClass of a GPU cluster is usually ReadWriteOnce (EKS gp3, GKE standard-rwo), where the claim would never bind and every pod would stay Pending." -}}
+{{- end -}}
+{{- end -}}
+
+{{/* storage.url: nothing mounts a run claim, so no path may point into one. */}}
+{{- define "ganforge.checks.objectStoreRuns" -}}
+{{- $mount := trimSuffix "/" .Values.storage.mountPath -}}
+{{- $urls := toString .Values.data.urls -}}
+{{- if and .Values.train.enabled (hasPrefix (printf "%s/" $mount) (printf "%s/" $urls)) (not .Values.data.claimName) -}}
+{{- fail (printf "data.urls (%s) is a folder on the run claim, but storage.url is set, so no run claim is mounted: stream the shards from the object store (data.urls: \"pipe:aws s3 cp s3://bucket/cifar10/train-{000000..000099}.tar -\") or mount a claim that holds them with data.claimName and data.mountPath" $urls) -}}
+{{- end -}}
+{{- if .Values.serve.enabled -}}
+{{- range $name, $path := .Values.serve.models -}}
+{{- if not (contains "://" (toString $path)) -}}
+{{- fail (printf "serve.models.%s is %s, a path, but storage.url is set, so no run claim is mounted: give the run's URL, e.g. %s/runs/%s" $name (toString $path) (trimSuffix "/" $.Values.storage.url) $name) -}}
+{{- end -}}
+{{- end -}}
 {{- end -}}
 {{- end -}}
 

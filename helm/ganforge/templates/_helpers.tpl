@@ -135,10 +135,12 @@ envFrom:
   emptyDir:
     medium: Memory
     sizeLimit: {{ $v.security.shmSizeLimit }}
+{{- if not $v.storage.url }}
 - name: runs
   persistentVolumeClaim:
     claimName: {{ include "ganforge.storageClaim" .root }}
     readOnly: {{ eq .component "serve" }}
+{{- end }}
 {{- if and (eq .component "train") $v.data.claimName }}
 - name: shards
   persistentVolumeClaim:
@@ -158,9 +160,11 @@ envFrom:
   mountPath: /tmp
 - name: dshm
   mountPath: /dev/shm
+{{- if not $v.storage.url }}
 - name: runs
   mountPath: {{ $v.storage.mountPath }}
   readOnly: {{ eq .component "serve" }}
+{{- end }}
 {{- if and (eq .component "train") $v.data.claimName }}
 - name: shards
   mountPath: {{ $v.data.mountPath }}
