@@ -96,6 +96,7 @@ def prepare_run(cfg: GanforgeConfig, resume: bool | None = None) -> PreparedRun:
         try:
             store = RemoteRun(cfg.run_dir)
             store.pull_markers()  # config.yaml + checkpoint markers, to check and plan below
+            store.pull_metrics()  # what rank 0 continues, so the progress bar starts there
         except StorageError as e:
             raise ConfigError(str(e)) from None
         run_dir, cfg.run_dir = store.local, store.uri

@@ -202,7 +202,7 @@ def train_func(loop_cfg: dict[str, Any]) -> None:
     logger = None
     if rank == 0:
         if store:  # the store's logs end at its newest checkpoint: continue from them
-            store.pull_file("metrics.jsonl") or (run_dir / "metrics.jsonl").unlink(missing_ok=True)
+            store.pull_metrics()
             store.pull_file(f".launches/{loop_cfg['launch_id']}")
         starts = _count_start(run_dir, loop_cfg["launch_id"])
         logger = RunLogger(run_dir, cfg.cluster.metrics_port, restarts=starts - 1, store=store)

@@ -135,6 +135,12 @@ class RemoteRun:
                 self.pull_file(f"checkpoints/{name}/{MARKER}")
         return ckpts
 
+    def pull_metrics(self) -> None:
+        """metrics.jsonl as the store has it (ending at its newest checkpoint); none there means
+        none in the mirror, so a stale local copy never outlives the store's."""
+        if not self.pull_file("metrics.jsonl"):
+            (self.local / "metrics.jsonl").unlink(missing_ok=True)
+
     def pull_weights(self, ckpt: str) -> Path:
         """`weights.pt` + marker of checkpoint `ckpt` (a name under checkpoints/, or '' when the
         URI is a checkpoint itself) into the mirror: what serving and evaluation need."""

@@ -159,3 +159,28 @@ def test_object_store_errors_are_clear(tmp_path, s3, use_s3):
     assert unknown.returncode == 2 and "not a storage URI" in unknown.stderr
     with pytest.raises(CheckpointError, match="no checkpoints"):
         load_model("s3://runs/never-trained")
+
+
+def test_serving_skips_partial_checkpoints_in_the_store(tmp_path, s3, use_s3):
+    """A checkpoint still uploading (no marker) or cut short (marker, no weights.pt) is skipped
+    with a warning; the newest complete one is served."""
+    from tests.serve_helpers import make_checkpoint
+
+    src = tmp_path / "src"
+    good = make_checkpoint(src, "dcgan")  # checkpoints/step-000010
+    cut = src / "checkpoints" / "step-000020"
+    shutil.copytree(good, cut)
+    marker = json.loads((cut / "ganforge.json").read_text())
+    (cut / "ganforge.json").write_text(json.dumps({**marker, "step": 20}))
+    (cut / "weights.pt").unlink()
+    uploading = src / "checkpoints" / "step-000030"
+    shutil.copytree(good, uploading)
+    (uploading / "ganforge.json").unlink()
+    client = boto3.client("s3", endpoint_url=s3["AWS_ENDPOINT_URL"], **_creds(s3))
+    for p in src.rglob("*"):
+        if p.is_file():
+            client.upload_file(str(p), "runs", f"partial/{p.relative_to(src).as_posix()}")
+
+    model = load_model("s3://runs/partial")
+    assert model.meta["step"] == 10
+    assert model.path == mirror_path("s3://runs/partial") / "checkpoints" / "step-000010"
