@@ -123,11 +123,6 @@ def prepare_run(cfg: GanforgeConfig, resume: bool | None = None) -> PreparedRun:
     else:
         (run_dir / "config.yaml").write_text(cfg.to_yaml())
     start = existing[0][0] if existing else 0
-    if start >= cfg.train.max_steps:
-        raise ConfigError(
-            f"{cfg.run_dir} is already at step {start} >= train.max_steps={cfg.train.max_steps}; "
-            "raise --max-steps to train further"
-        )
     resume_from = existing[0][1] if existing else None
     return PreparedRun(cfg, run_dir, urls, classes, resume_from, start, store)
 
@@ -204,6 +199,16 @@ def run_training(
 
     prep = prepare_run(cfg, resume)
     cfg = prep.config
+    if prep.start_step >= cfg.train.max_steps:
+        # Relaunching a finished run is a no-op, not an error: a driver that died after the last
+        # checkpoint (or a RayJob retry) must not turn a finished run into a failed job.
+        print(
+            f"[ganforge] {prep.storage_path} is already at step {prep.start_step} "
+            f"(train.max_steps={cfg.train.max_steps}): nothing to train; raise --max-steps to "
+            "train further",
+            flush=True,
+        )
+        return prep.run_dir
     if not ray.is_initialized():
         ray.init(logging_level="WARNING", log_to_driver=True)
     resources = {"CPU": cfg.cluster.cpus_per_worker} | ({"GPU": 1} if cfg.cluster.gpu else {})

@@ -112,3 +112,26 @@ def test_demo_runs_and_a_second_run_shows_the_finished_result(tmp_path, ray_clus
     again = CliRunner().invoke(app, args)
     assert again.exit_code == 0, again.output
     assert "already holds the finished demo" in again.output
+
+
+def test_relaunching_a_finished_run_is_a_no_op(shards, tmp_path, capsys):
+    """A relaunch of a run already at max_steps (a driver that died after its last checkpoint,
+    a RayJob retry) returns at once with exit 0 semantics: no error, no Ray, nothing written."""
+    import ray
+
+    from ganforge.checkpoint import write_weights_checkpoint
+    from ganforge.cluster.launch import prepare_run
+    from ganforge.models import build_discriminator, build_generator
+
+    run = tmp_path / "run"
+    cfg = tiny_config("dcgan", shards, run, **{"train.max_steps": 4})
+    prepare_run(cfg.model_copy(deep=True))  # config.yaml, as the first launch wrote it
+    g, d = build_generator(cfg.model), build_discriminator(cfg.model)
+    write_weights_checkpoint(
+        run / "checkpoints" / "step-000004", cfg, g, g, d, 4, 32, extra_meta={"world_size": 1}
+    )
+    was_up = ray.is_initialized()
+    assert run_training(cfg, show_progress=False) == run.resolve()
+    assert "already at step 4 (train.max_steps=4): nothing to train" in capsys.readouterr().out
+    assert ray.is_initialized() is was_up
+    assert [s for s, _ in list_checkpoints(run / "checkpoints")] == [4]
