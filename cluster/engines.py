@@ -9,7 +9,9 @@ collect gradients that leak into D's next step.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -22,6 +24,8 @@ from ganforge.config import GanforgeConfig
 from ganforge.kernels import gradient_penalty
 from ganforge.models import build_discriminator, build_generator, get_variant
 from ganforge.models.losses import d_loss, g_loss
+
+log = logging.getLogger("ganforge.train")
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -41,10 +45,41 @@ def _quiet_deepspeed() -> None:
     ds_logger.setLevel(logging.WARNING)
 
 
+# DeepSpeed JIT-builds a C++ op (shm_comm) the first time its CPU backend starts, guarded by a
+# torch FileBaton: a `lock` file that holds no PID. A process killed mid-build leaves it behind
+# and every later start waits on it forever, silently. A build takes 1-2 minutes; an older lock
+# is almost surely stale, so say where it is (deleting it could break a build in progress).
+STALE_BUILD_LOCK_S = 600
+
+
+def warn_stale_build_lock(op: str = "deepspeed_shm_comm") -> Path | None:
+    """Log a warning (and return the path) when `op`'s torch-extension build lock looks stale."""
+    try:
+        from torch.utils.cpp_extension import _get_build_directory  # private, best effort
+
+        lock = Path(_get_build_directory(op, verbose=False)) / "lock"
+        age = time.time() - lock.stat().st_mtime
+    except (ImportError, OSError, AttributeError):
+        return None
+    if age < STALE_BUILD_LOCK_S:
+        return None
+    log.warning(
+        "%s has existed for %.0f min: a build of DeepSpeed's %s op was probably killed, and this "
+        "worker will wait on it forever. If no other process is building it, delete %s",
+        lock,
+        age / 60,
+        op,
+        lock.parent,
+    )
+    return lock
+
+
 def init_deepspeed_comm(gpu: bool) -> None:
     """Let DeepSpeed wrap the process group Ray Train created (gloo on CPU, NCCL on GPU)."""
     import deepspeed
 
+    if not gpu:
+        warn_stale_build_lock()
     deepspeed.init_distributed(
         dist_backend="nccl" if gpu else "gloo", auto_mpi_discovery=False, dist_init_required=False
     )

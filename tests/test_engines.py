@@ -136,3 +136,25 @@ def test_engines_save_and_load_restore_training_exactly(tmp_path):
         assert torch.equal(x, y)
     for x, y in zip(a.ema.module.parameters(), b.ema.module.parameters(), strict=True):
         assert torch.equal(x, y)
+
+
+def test_a_stale_deepspeed_build_lock_is_reported(tmp_path, monkeypatch, caplog):
+    """A build killed mid-way leaves torch's FileBaton lock; later starts would hang silently."""
+    import os
+    import time
+
+    import torch.utils.cpp_extension as ext
+
+    from ganforge.cluster.engines import STALE_BUILD_LOCK_S, warn_stale_build_lock
+
+    monkeypatch.setattr(ext, "_get_build_directory", lambda name, verbose: str(tmp_path / name))
+    assert warn_stale_build_lock() is None  # no lock: nothing to say
+    lock = tmp_path / "deepspeed_shm_comm" / "lock"
+    lock.parent.mkdir()
+    lock.touch()
+    assert warn_stale_build_lock() is None  # a build in progress
+    old = time.time() - STALE_BUILD_LOCK_S - 60
+    os.utime(lock, (old, old))
+    with caplog.at_level("WARNING", logger="ganforge.train"):
+        assert warn_stale_build_lock() == lock
+    assert f"delete {lock.parent}" in caplog.text
