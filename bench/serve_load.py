@@ -338,6 +338,8 @@ def main() -> None:
             "warm_up": "8 clients x 1 s per server after start-up, then `clients` requests "
             "before each point; not counted",
             "max_ongoing_requests": 128,
+            # Serve modes set for every server alike (e.g. RAY_SERVE_THROUGHPUT_OPTIMIZED=1).
+            "ray_serve_env": {k: v for k, v in os.environ.items() if k.startswith("RAY_SERVE_")},
             "batch_wait_timeout_s": 0.01,
         },
         "results": results,
