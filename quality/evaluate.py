@@ -231,16 +231,20 @@ def evaluate_runs(
     from ganforge.quality.real_images import read_manifest
     from ganforge.quality.report import write_report
 
-    for r in run_dirs:  # fail on a typo before minutes of feature extraction
+    try:  # object-store runs are mirrored once, here; everything below reads the mirror
+        local = [localize(r) for r in run_dirs]
+    except StorageError as e:
+        raise EvalError(str(e)) from None
+    for r in local:  # fail on a typo before minutes of feature extraction
         select_checkpoints(r, s.checkpoint)
-    uris = {str(localize(r)): str(r) for r in run_dirs if is_uri(r)}  # mirror -> URI
+    uris = {str(m): str(r) for r, m in zip(run_dirs, local, strict=True) if is_uri(r)}
     classes = list(read_manifest(data)["classes"])
     if s.class_name is not None and s.class_name not in classes:
         raise EvalError(f"unknown class {s.class_name!r}; the dataset has: {', '.join(classes)}")
     extractor = build_extractor(s.inception_weights, s.classifier)
     judge = _judge_for(classes, s)
     ref = build_reference(data, s, extractor, judge, progress)
-    runs = [evaluate_run(localize(r), ref, extractor, judge, s, progress) for r in run_dirs]
+    runs = [evaluate_run(m, ref, extractor, judge, s, progress) for m in local]
     seen: dict[str, int] = {}
     for run in runs:  # two runs named alike (a/run, b/run) must stay apart in tables and grids
         seen[run["name"]] = seen.get(run["name"], 0) + 1
