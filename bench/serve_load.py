@@ -7,10 +7,13 @@ returns one number (no validation, no encoding, no metrics). The generator is a 
 checkpoint trained for one step by `ganforge train` (or `--model PATH`). This process is only an
 async aiohttp client, so that the client does not eat the cores the servers run on.
 
-Per server: a warm-up after start-up; then, at each concurrency level, a warm-up of `clients`
-requests and a timed run of `--seconds` (at most `--max-requests` requests) whose figures count
-only requests sent after the warm-up. The levels are interleaved across the servers (level 1 on
-each, then 8 on each, ...) so drifting background load on a shared machine hits all alike.
+One server runs at a time, alone on the machine as in a deployment: an idle Ray cluster beside
+it (GCS, raylet, agents, Serve controller and proxy) would take CPU from the one measured. Per
+server: start, a warm-up, then at each concurrency level a warm-up of `clients` requests and a
+timed run of `--seconds` (at most `--max-requests` requests) whose figures count only requests
+sent after the warm-up; then stop. `--passes` repeats this in alternating server order (floor
+first, then floor last, ...) so drifting background load on a shared machine hits all alike;
+each point pools the requests of every pass.
 
     python -m bench.serve_load --out bench/results/serve_load-cpu.json
     python -m bench.serve_load --seconds 2 --clients 1 8          # a quick check
@@ -113,20 +116,22 @@ class Server:
                 self.proc.wait()
 
 
-def start_servers(ckpt: str, args, log_dir: Path) -> dict[str, tuple[Server, str]]:
-    """name -> (server, the path to load)."""
+def server_specs(ckpt: str, args, log_dir: Path) -> dict[str, tuple[list[str], str, str, Path]]:
+    """name -> (command, health path, load path, log dir); `start` makes the Server."""
     common = ["--num-cpus", str(args.num_cpus), *(["--gpu"] if args.gpu else [])]
-    servers: dict[str, tuple[Server, str]] = {}
-    port = free_port()
-    floor = [sys.executable, "-m", "bench.serve_load", "--serve-floor", str(port)]
-    floor += ["--model", ckpt, *common]
-    servers["floor"] = (Server("floor", floor, port, "/", log_dir), "/")
+    floor = [sys.executable, "-m", "bench.serve_load", "--serve-floor", "{port}"]
+    specs = {"floor": (floor + ["--model", ckpt, *common], "/", "/", log_dir)}
     for name, mbs in BATCHING.items():
-        port = free_port()
-        cmd = ganforge_cmd("serve", "--model", f"bench={ckpt}", "--port", str(port))
+        cmd = ganforge_cmd("serve", "--model", f"bench={ckpt}", "--port", "{port}")
         cmd += ["--max-batch-size", str(mbs), *common]
-        servers[name] = (Server(name, cmd, port, "/healthz", log_dir), "/v1/generate")
-    return servers
+        specs[name] = (cmd, "/healthz", "/v1/generate", log_dir)
+    return specs
+
+
+def start(name: str, spec: tuple[list[str], str, str, Path], log_name: str) -> Server:
+    cmd, health, _, log_dir = spec
+    port = free_port()
+    return Server(log_name, [c.replace("{port}", str(port)) for c in cmd], port, health, log_dir)
 
 
 # --- the floor server (run as a subprocess by the benchmark) ------------------------------
@@ -160,7 +165,9 @@ def serve_floor(port: int, ckpt: str, num_cpus: float, gpu: bool) -> None:
         async def __call__(self, request) -> float:
             return await self.batch(torch.randn(1, self.g.z_dim))
 
-    ray.init(include_dashboard=False, log_to_driver=False)
+    # Ray starts exactly as in `ganforge serve` (its defaults: dashboard, replica logs and
+    # Serve access lines streamed to this driver), so both pay the same cluster overhead.
+    ray.init()
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         serve.run(Floor.bind(), name="floor", route_prefix="/", blocking=False)
@@ -187,7 +194,8 @@ def percentile(sorted_s: list[float], p: float) -> float | None:
 async def load_point(url: str, clients: int, args) -> dict[str, Any]:
     """`clients` concurrent loops, each sending its next request when the last one returns,
     for `args.seconds` or `args.max_requests` requests; the warm-up is not counted. Every
-    server gets the same JSON body (the floor ignores it), so the HTTP path costs the same."""
+    server gets the same JSON body (the floor ignores it), so the HTTP path costs the same.
+    Returns the raw latencies (s), errors and elapsed seconds (`summarize` pools passes)."""
     import aiohttp
 
     latencies: list[float] = []
@@ -228,27 +236,88 @@ async def load_point(url: str, clients: int, args) -> dict[str, Any]:
         t0 = time.perf_counter()
         await asyncio.gather(*(client() for _ in range(clients)))
         elapsed = time.perf_counter() - t0
-    lat = sorted(latencies)
+    return {"clients": clients, "latencies": latencies, "errors": errors, "seconds": elapsed}
+
+
+def summarize(points: list[dict[str, Any]]) -> dict[str, Any]:
+    """One level's passes pooled: images/s over all timed seconds, percentiles over all
+    requests; each pass's own images/s is kept to show the spread."""
+    lat = sorted(x for p in points for x in p["latencies"])
+    seconds = sum(p["seconds"] for p in points)
+    errors: dict[str, int] = {}
+    for p in points:
+        for k, v in p["errors"].items():
+            errors[k] = errors.get(k, 0) + v
     return {
-        "clients": clients,
+        "clients": points[0]["clients"],
         "requests": len(lat),
         "errors": errors,
-        "seconds": round(elapsed, 2),
-        "images_per_s": round(len(lat) / elapsed, 2),
+        "seconds": round(seconds, 2),
+        "images_per_s": round(len(lat) / seconds, 2),
+        "images_per_s_per_pass": [round(len(p["latencies"]) / p["seconds"], 2) for p in points],
         "p50_ms": percentile(lat, 0.50),
         "p95_ms": percentile(lat, 0.95),
         "p99_ms": percentile(lat, 0.99),
+        "settled_s": [p["settled_s"] for p in points],
     }
 
 
-async def run_points(urls: dict[str, str], args) -> dict[str, list]:
-    results: dict[str, list[dict]] = {name: [] for name in urls}
-    for url in urls.values():  # after start-up: first requests, caches, allocator
-        await load_point(url, 8, argparse.Namespace(seconds=1.0, max_requests=64))
+def _cpu_times() -> tuple[int, int] | None:
+    """(idle, total) jiffies of all CPUs from /proc/stat; None where there is none."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    return fields[3] + fields[4], sum(fields)  # idle + iowait
+
+
+async def settle(timeout: float, idle: float = 0.8, window: float = 0.5) -> float:
+    """Wait until the CPUs are at least `idle` idle over `window` seconds (at most `timeout`);
+    returns the seconds waited. After a load point a server's cluster keeps working for a while
+    (the driver prints the streamed access-log lines, metrics are exported); without this, that
+    tail runs during the next server's point and is charged to it."""
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < timeout:
+        a = _cpu_times()
+        await asyncio.sleep(window)
+        b = _cpu_times()
+        if a is None or b is None:  # not Linux: a fixed pause instead
+            await asyncio.sleep(max(0.0, min(timeout, 2.0) - window))
+            break
+        if (b[0] - a[0]) / max(1, b[1] - a[1]) >= idle:
+            break
+    return round(time.perf_counter() - t0, 2)
+
+
+async def run_server(url: str, args) -> list[dict[str, Any]]:
+    """Every level on one running server: its points, in `args.clients` order."""
+    # After start-up: first requests, caches, allocator.
+    await load_point(url, 8, argparse.Namespace(seconds=1.0, max_requests=64))
+    points = []
     for c in args.clients:
-        for name, url in urls.items():
-            results[name].append(await load_point(url, c, args))
-    return results
+        waited = await settle(args.settle_timeout)
+        points.append({**await load_point(url, c, args), "settled_s": waited})
+    return points
+
+
+def run_passes(specs: dict[str, tuple], args, log) -> dict[str, list[dict[str, Any]]]:
+    """`args.passes` passes, one server alive at a time, order reversed every other pass."""
+    raw: dict[str, list[list[dict]]] = {name: [] for name in specs}
+    for i in range(args.passes):
+        order = list(specs) if i % 2 == 0 else list(reversed(specs))
+        for name in order:
+            server = start(name, specs[name], f"{name}-pass{i + 1}")
+            try:
+                asyncio.run(server.wait_ready(args.startup_timeout))
+                log(f"pass {i + 1}/{args.passes}: {name}")
+                raw[name].append(asyncio.run(run_server(server.url + specs[name][2], args)))
+            finally:
+                server.stop()
+    return {
+        name: [summarize([p[j] for p in passes]) for j in range(len(args.clients))]
+        for name, passes in raw.items()
+    }
 
 
 def goals(results: dict[str, list[dict]]) -> dict[str, Any]:
@@ -291,7 +360,14 @@ def main() -> None:
     ap.add_argument("--z-dim", type=int, default=128)
     ap.add_argument("--num-cpus", type=float, default=1.0, help="CPUs per replica")
     ap.add_argument("--gpu", action="store_true", help="replicas on one GPU each")
+    ap.add_argument("--passes", type=int, default=2, help="passes over the servers (pooled)")
     ap.add_argument("--startup-timeout", type=float, default=300.0)
+    ap.add_argument(
+        "--settle-timeout",
+        type=float,
+        default=20.0,
+        help="before each point, wait up to this long for the CPUs to be 80%% idle",
+    )
     ap.add_argument("--out", type=Path, default=None, help="also write the JSON here")
     ap.add_argument("--serve-floor", type=int, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -309,15 +385,11 @@ def main() -> None:
     if ckpt is None:
         with (tmp / "train.log").open("wb") as log:
             ckpt = str(train_checkpoint(tmp, args.width, args.z_dim, log))
-    servers = start_servers(ckpt, args, tmp)
     try:
-        for server, _ in servers.values():
-            asyncio.run(server.wait_ready(args.startup_timeout))
-        urls = {name: s.url + path for name, (s, path) in servers.items()}
-        results = asyncio.run(run_points(urls, args))
+        results = run_passes(
+            server_specs(ckpt, args, tmp), args, lambda m: print(m, file=sys.stderr)
+        )
     finally:
-        for server, _ in servers.values():
-            server.stop()
         if args.model is None:
             shutil.rmtree(tmp / "run", ignore_errors=True)  # keep only the logs
     with contextlib.redirect_stdout(sys.stderr):  # importing deepspeed prints a warning
@@ -329,14 +401,20 @@ def main() -> None:
             if args.model
             else f"dcgan width {args.width}, z_dim {args.z_dim}, "
             "32x32x3, one `ganforge train` step on the embedded demo data",
-            "servers": "one subprocess (own local Ray cluster) per system, Serve HTTP on "
-            "127.0.0.1; ganforge: `ganforge serve --max-batch-size 32|1`, format=png JSON; "
-            "floor: bare deployment returning one float (gets the same JSON body, unread)",
+            "servers": "one subprocess (own local Ray cluster) per system, one alive at a "
+            "time, Serve HTTP on 127.0.0.1; ganforge: `ganforge serve --max-batch-size 32|1`, "
+            "format=png JSON; "
+            "floor: bare deployment returning one float (gets the same JSON body, unread); "
+            "every server starts Ray with `ray.init()` defaults, as `ganforge serve` does",
             "request": "one image per request",
             "replica_cpus": args.num_cpus,
             "bounds_per_point": {"seconds": args.seconds, "max_requests": args.max_requests},
+            "passes": f"{args.passes}, server order reversed every other pass; a point pools "
+            "the timed requests of all passes (`images_per_s_per_pass` shows each)",
             "warm_up": "8 clients x 1 s per server after start-up, then `clients` requests "
             "before each point; not counted",
+            "settle": "before each point, wait (at most --settle-timeout s, `settled_s` per "
+            "point) until the CPUs are 80% idle, so one cluster's tail is not charged to the next",
             "max_ongoing_requests": 128,
             # Serve modes set for every server alike (e.g. RAY_SERVE_THROUGHPUT_OPTIMIZED=1).
             "ray_serve_env": {k: v for k, v in os.environ.items() if k.startswith("RAY_SERVE_")},

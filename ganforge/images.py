@@ -22,7 +22,11 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
 
 def make_grid(images: torch.Tensor, nrow: int | None = None, pad: int = 2) -> np.ndarray:
     """Tile [N, C, H, W] images in [-1, 1] into one [rows*(H+pad)+pad, ..., C] uint8 array."""
-    arr = to_uint8(images)
+    return tile(to_uint8(images), nrow, pad)
+
+
+def tile(arr: np.ndarray, nrow: int | None = None, pad: int = 2) -> np.ndarray:
+    """Tile uint8 [N, H, W, C] images into one grid with `pad` white pixels between them."""
     n, h, w, c = arr.shape
     nrow = nrow or math.ceil(math.sqrt(n))
     rows = math.ceil(n / nrow)

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from ganforge.images import array_to_png, make_grid, to_uint8
+from ganforge.images import array_to_png, tile
 from ganforge.serve.schemas import ApiError
 
 UPLOAD_FORMATS = {"PNG", "JPEG"}
@@ -44,19 +44,19 @@ def png(arr: np.ndarray) -> bytes:
     )
 
 
-def png_list(images: torch.Tensor) -> list[str]:
-    """[N, C, H, W] in [-1, 1] -> N base64 strings of PNG files."""
-    return [base64.b64encode(png(a)).decode("ascii") for a in to_uint8(images)]
+def png_list(arr: np.ndarray) -> list[str]:
+    """uint8 [N, H, W, C] -> N base64 strings of PNG files."""
+    return [base64.b64encode(png(a)).decode("ascii") for a in arr]
 
 
-def grid_png(images: torch.Tensor, nrow: int | None) -> bytes:
-    return array_to_png(make_grid(images, nrow))
+def grid_png(arr: np.ndarray, nrow: int | None) -> bytes:
+    return array_to_png(tile(arr, nrow))
 
 
-def npy_bytes(images: torch.Tensor) -> bytes:
+def npy_bytes(arr: np.ndarray) -> bytes:
     """uint8 [N, H, W, C] as a .npy file (`np.load(io.BytesIO(body))` reads it)."""
     buf = io.BytesIO()
-    np.save(buf, to_uint8(images), allow_pickle=False)
+    np.save(buf, arr, allow_pickle=False)
     return buf.getvalue()
 
 

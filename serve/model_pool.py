@@ -107,17 +107,17 @@ class GenerationPlan:
     model: ServedModel
     seed: int
     z: torch.Tensor  # [N, z_dim] float32 on CPU
-    labels: torch.Tensor | None  # [N] int64 on CPU, None for unconditional models
+    labels: list[int] | None  # N class indices, None for unconditional models
 
 
 def sample_latents(
     n: int, z_dim: int, gen: torch.Generator, truncation: float | None
 ) -> torch.Tensor:
     """[n, z_dim] standard normal latents, truncated to [-t, t] for the truncation trick."""
-    z = torch.empty(n, z_dim)
     if truncation is None:
-        return z.normal_(generator=gen)
+        return torch.randn(n, z_dim, generator=gen)  # the values of empty().normal_(gen)
     # Inverse-CDF truncated normal: the same law as resampling |z| > t, in one pass.
+    z = torch.empty(n, z_dim)
     return torch.nn.init.trunc_normal_(z, 0.0, 1.0, -truncation, truncation, generator=gen)
 
 
@@ -127,6 +127,7 @@ class ModelPool:
     def __init__(self, paths: dict[str, str], device: str = "cpu", warmup_batch: int = 8):
         self.device = torch.device(device)
         self.models: dict[str, ServedModel] = {}
+        self._gen = torch.Generator()
         for name, path in paths.items():
             t0 = time.perf_counter()
             loaded = load_model(path, device=self.device)
@@ -185,15 +186,18 @@ class ModelPool:
         seed = req.seed
         if seed is None:  # a fresh seed, reported back so the images can be reproduced
             seed = _SEEDS.getrandbits(63)
-        gen = torch.Generator().manual_seed(seed)
+        # One generator reseeded per request (requests are planned one at a time on the
+        # replica's event loop): each torch call on the request path releases the GIL, which a
+        # busy replica then has to win back.
+        gen = self._gen.manual_seed(seed)
         # Fixed draw order (z first, then any random labels) keeps a seed's meaning stable.
         z = sample_latents(count, model.generator.z_dim, gen, req.truncation)
         labels = None
         if model.num_classes:
             labels = (
-                torch.tensor(given, dtype=torch.long)
+                given
                 if given is not None
-                else torch.randint(model.num_classes, (count,), generator=gen)
+                else torch.randint(model.num_classes, (count,), generator=gen).tolist()
             )
         return GenerationPlan(model, seed, z, labels)
 

@@ -186,6 +186,28 @@ def test_seed_determinism_and_label_forms(client):
     assert r.json()["images"] == again.json()["images"]
 
 
+def test_fast_path_and_fastapi_route_answer_alike(client):
+    """`application/json` bodies take the fast path (serve.fast_path); FastAPI serves other JSON
+    types (`+json`) itself. Both must give the same images, headers and errors."""
+    for body in (
+        {"model": "cd", "labels": ["cat", 1], "seed": 9},
+        {"model": "dc", "count": 2, "seed": 9, "format": "npy"},
+        {"model": "cd", "labels": ["unicorn"]},  # 422 from the handler (ApiError)
+        {"model": "nope", "count": 1},  # 404 from the handler
+    ):
+        data = json.dumps(body)
+        fast = client.post(
+            "/v1/generate", content=data, headers={"content-type": "application/json"}
+        )
+        routed = client.post(
+            "/v1/generate", content=data, headers={"content-type": "application/x.test+json"}
+        )
+        assert fast.status_code == routed.status_code, (body, fast.text, routed.text)
+        assert fast.content == routed.content
+        for h in ("content-type", "x-ganforge-seed", "x-ganforge-labels"):
+            assert fast.headers.get(h) == routed.headers.get(h)
+
+
 def test_batching_does_not_change_results(server):
     seeds = list(range(100, 116))
 

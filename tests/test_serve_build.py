@@ -108,11 +108,12 @@ def test_model_pool_plan_is_deterministic_and_validated(cd_run):
     pool = ModelPool({"cd": str(cd_run)})
     req = GenerateRequest.model_validate({"model": "cd", "labels": ["frog", 0], "seed": 7})
     a, b = pool.plan(req, 64), pool.plan(req, 64)
-    assert torch.equal(a.z, b.z) and a.labels.tolist() == [2, 0]
-    imgs = pool.generate("cd", a.z, a.labels)
+    assert torch.equal(a.z, b.z) and a.labels == [2, 0]
+    labels = torch.tensor(a.labels)
+    imgs = pool.generate("cd", a.z, labels)
     assert imgs.shape == (2, 3, 32, 32) and imgs.abs().max() <= 1
     # Generating one image alone or inside a bigger batch gives the same pixels.
-    alone = pool.generate("cd", a.z[:1], a.labels[:1])
+    alone = pool.generate("cd", a.z[:1], labels[:1])
     assert torch.allclose(alone, imgs[:1], atol=1e-5)
     with pytest.raises(ApiError, match="limit is 1"):
         pool.plan(req, 1)

@@ -1,0 +1,151 @@
+"""`serve.fast_path.JsonFastPath` in process: which requests it serves and which it hands to
+FastAPI, with the body intact. A small FastAPI app (no Ray) stands in for the deployment; the
+real app's fast and FastAPI routes are compared end to end in tests/test_serve.py."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ConfigDict, Field
+
+from ganforge.serve.fast_path import JsonFastPath
+
+
+class Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    count: int = Field(1, ge=1)
+
+
+class Refused(Exception):
+    pass
+
+
+def make_app() -> tuple[FastAPI, dict[str, list]]:
+    calls: dict[str, list] = {"fast": [], "route": []}
+    app = FastAPI()
+    app.add_middleware(
+        JsonFastPath,
+        path="/v1/go",
+        model=Body,
+        error_type=Refused,
+        on_error=lambda _app, e: JSONResponse({"detail": str(e)}, status_code=409),
+    )
+
+    async def fast(body: Body, state: dict) -> Response:
+        calls["fast"].append(body)
+        state["seen"] = True
+        if body.name == "refuse":
+            raise Refused("refused by the handler")
+        return Response(f"fast:{body.name}:{body.count}", media_type="text/plain")
+
+    app.state.fast_routes = {"/v1/go": fast}
+
+    @app.post("/v1/go")
+    async def route(body: Body) -> Response:
+        calls["route"].append(body)
+        return Response(f"route:{body.name}:{body.count}", media_type="text/plain")
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"errors": [list(e["loc"]) for e in exc.errors()]}, status_code=422)
+
+    return app, calls
+
+
+def post(app: FastAPI, content, content_type: str | None = "application/json"):
+    async def go():
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            headers = {} if content_type is None else {"content-type": content_type}
+            return await client.post("/v1/go", content=content, headers=headers)
+
+    return asyncio.run(go())
+
+
+def test_a_valid_json_body_is_served_by_the_handler_not_the_route():
+    app, calls = make_app()
+    r = post(app, json.dumps({"name": "a", "count": 3}).encode())
+    assert (r.status_code, r.text) == (200, "fast:a:3")
+    assert [b.count for b in calls["fast"]] == [3] and calls["route"] == []
+
+
+def test_a_body_sent_in_chunks_is_joined():
+    app, calls = make_app()
+
+    async def chunks():
+        for part in (b'{"name": ', b'"chunked", "co', b'unt": 2}'):
+            yield part
+
+    r = post(app, chunks())  # no Content-Length: streamed in three messages
+    assert r.text == "fast:chunked:2" and calls["route"] == []
+
+
+@pytest.mark.parametrize(
+    "content, loc",
+    [
+        (b'{"name": "a", "count": 0}', ["body", "count"]),  # invalid field
+        (b'{"name": "a", "colour": 1}', ["body", "colour"]),  # unknown field
+        (b'{"name": ', ["body", 9]),  # malformed JSON: FastAPI reports the character
+        (b"[1, 2]", ["body"]),  # not an object
+    ],
+)
+def test_an_invalid_body_is_replayed_into_fastapi_which_words_the_error(content, loc):
+    app, calls = make_app()
+    r = post(app, content)
+    assert r.status_code == 422
+    # FastAPI saw the same bytes: its error points at the same field or character.
+    assert loc in r.json()["errors"]
+    assert calls["fast"] == [] and calls["route"] == []
+
+
+@pytest.mark.parametrize("content_type", ["text/plain", "application/x.ganforge+json", None])
+def test_other_content_types_go_to_fastapi(content_type):
+    app, calls = make_app()
+    r = post(app, json.dumps({"name": "b"}).encode(), content_type=content_type)
+    assert calls["fast"] == []
+    if content_type and content_type.endswith("+json"):  # FastAPI reads +json types as JSON
+        assert r.text == "route:b:1" and len(calls["route"]) == 1
+    else:
+        assert r.status_code == 422 and calls["route"] == []
+
+
+def test_a_content_type_with_parameters_is_still_json():
+    app, calls = make_app()
+    r = post(app, b'{"name": "c"}', content_type="application/json; charset=utf-8")
+    assert r.text == "fast:c:1" and calls["route"] == []
+
+
+def test_the_handler_errors_become_the_apps_error_response():
+    app, _ = make_app()
+    r = post(app, b'{"name": "refuse"}')
+    assert (r.status_code, r.json()) == (409, {"detail": "refused by the handler"})
+
+
+def test_without_a_registered_handler_fastapi_serves_everything():
+    app, calls = make_app()
+    app.state.fast_routes = {}
+    r = post(app, b'{"name": "d"}')
+    assert r.text == "route:d:1" and calls["fast"] == []
+
+
+def test_other_methods_and_paths_are_not_intercepted():
+    app, calls = make_app()
+
+    async def go():
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            return (
+                await client.get("/v1/go"),
+                await client.post("/v1/gone", json={"name": "e"}),
+            )
+
+    get, other = asyncio.run(go())
+    assert (get.status_code, other.status_code) == (405, 404)
+    assert calls["fast"] == []
