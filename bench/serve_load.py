@@ -16,7 +16,7 @@ first, then floor last, ...) so drifting background load on a shared machine hit
 each point pools the requests of every pass.
 
     python -m bench.serve_load --out bench/results/serve_load-cpu.json
-    python -m bench.serve_load --seconds 2 --clients 1 8          # a quick check
+    python -m bench.serve_load --seconds 2 --clients 1 8 --passes 1   # a quick check
 """
 
 from __future__ import annotations

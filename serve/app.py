@@ -104,10 +104,10 @@ fastapi_app.add_middleware(RequestMetricsMiddleware)
 class Latent:
     """One image to generate: its model, latent [z_dim] and class index (None: unconditional).
 
-    One batch item per image rather than per request, so no `batch_size_fn` is needed: with one,
-    Serve recomputes the size of the whole batch for every item it adds and puts an item that
-    does not fit at the back of the queue, which measured 0.65x the floor's throughput and 2.5x
-    its p99 at 128 clients (bench/serve_load.py)."""
+    One batch item per image rather than per request, so `max_batch_size` counts images without
+    a `batch_size_fn`: with one, Serve recomputes the size of the whole batch for every item it
+    adds (quadratic in the batch) and puts an item that does not fit at the back of the queue,
+    out of arrival order."""
 
     model: str
     z: torch.Tensor
