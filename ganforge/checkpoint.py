@@ -16,6 +16,7 @@ import hashlib
 import json
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ from typing import Any
 import torch
 
 from ganforge.config import GanforgeConfig
-from ganforge.storage import StorageError, localize
+from ganforge.storage import RemoteRun, StorageError, is_uri, localize
 
 MARKER = "ganforge.json"
 WEIGHTS = "weights.pt"
@@ -103,16 +104,23 @@ def list_checkpoints(ckpt_root: Path) -> list[tuple[int, Path]]:
 
 
 def latest_valid(
-    ckpt_root: Path, candidates: list[Path] | None = None, only: set[str] | None = None
+    ckpt_root: Path,
+    candidates: list[Path] | None = None,
+    only: set[str] | None = None,
+    fetch: Callable[[Path], None] | None = None,
 ) -> Path | None:
-    """The newest checkpoint that verifies; corrupt or partial ones are skipped with a warning."""
+    """The newest checkpoint that verifies; corrupt or partial ones are skipped with a warning.
+    `fetch(dir)` runs before each verification (downloads from an object store, newest first,
+    so the older checkpoints are fetched only when the newer ones fail)."""
     ordered = [p for p in (candidates or []) if p is not None]
     ordered += [d for _, d in list_checkpoints(ckpt_root) if d not in ordered]
     for d in ordered:
         try:
+            if fetch is not None:
+                fetch(d)
             verify(d, only=only)
             return d
-        except CheckpointError as e:
+        except (CheckpointError, StorageError) as e:
             log.warning("skipping checkpoint: %s", e)
     return None
 
@@ -143,8 +151,15 @@ class LoadedModel:
 def resolve_checkpoint(path: str | Path) -> Path:
     """The newest servable checkpoint (its weights.pt verified) of a run dir, a checkpoints/ dir,
     a checkpoint dir or its weights.pt file; any of these may be an object-store URI."""
+    fetch = None
     try:
-        p = localize(path)
+        p = localize(path, weights=False)
+        if is_uri(path):
+            remote = RemoteRun(str(path))
+
+            def fetch(d: Path) -> None:
+                remote.pull_weights(d.name)
+
     except StorageError as e:
         raise CheckpointError(str(e)) from None
     if not p.exists():
@@ -155,7 +170,7 @@ def resolve_checkpoint(path: str | Path) -> Path:
         return p
     for root in (checkpoint_root(p), p):
         if root.is_dir():
-            best = latest_valid(root, only={WEIGHTS})
+            best = latest_valid(root, only={WEIGHTS}, fetch=fetch)
             if best is not None:
                 return best
     raise CheckpointError(f"{path}: no valid ganforge checkpoint found (looked in {p})")

@@ -185,11 +185,13 @@ class RemoteRun:
         self.push(rel)
 
 
-def localize(path: str | os.PathLike) -> Path:
+def localize(path: str | os.PathLike, weights: bool = True) -> Path:
     """A local path for a run dir, checkpoints dir or checkpoint given as a path or URI.
 
-    For a URI, the mirror gets the markers of every checkpoint and the weights of each, enough
-    for `ganforge serve` and `ganforge eval` (DeepSpeed states and rank files stay remote).
+    For a URI, the mirror gets the markers of every checkpoint and, with `weights`, the weights
+    of each: enough for `ganforge eval` (DeepSpeed states and rank files stay remote). Without,
+    the caller pulls the weights it needs (`RemoteRun.pull_weights`): serving fetches only the
+    newest checkpoint that verifies. A checkpoint URI always gets its weights.
     """
     if not is_uri(path):
         return Path(path)
@@ -200,7 +202,7 @@ def localize(path: str | os.PathLike) -> Path:
     names = run.list_dir("checkpoints")
     if not names:
         raise StorageError(f"{run.uri}: no checkpoints (expected {run.uri}/checkpoints/<name>/)")
-    for name in names:
+    for name in names if weights else ():
         if not (ckpts / name / MARKER).is_file():
             continue  # no marker: still uploading, or a killed upload
         try:

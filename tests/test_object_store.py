@@ -134,8 +134,14 @@ def test_train_resume_serve_and_eval_from_an_object_store(tmp_path, s3, use_s3):
     straight = _train(shards, str(tmp_path / "straight"), 4, s3)
     assert straight.returncode == 0, straight.stderr[-3000:]
     local = load_model(tmp_path / "straight")
+    shutil.rmtree(mirror_path(uri))
     remote = load_model(uri)  # serving's loader, through a fresh download
     assert remote.meta["step"] == 4 and remote.meta["images_seen"] == 4 * MICRO
+    # Serving downloads the weights of the checkpoint it serves, not of the older ones.
+    ckpts = mirror_path(uri) / "checkpoints"
+    assert (ckpts / "step-000004" / "weights.pt").is_file()
+    assert (ckpts / "step-000002" / "ganforge.json").is_file()
+    assert not (ckpts / "step-000002" / "weights.pt").exists()
     for k, v in local.generator.state_dict().items():
         assert torch.equal(v, remote.generator.state_dict()[k]), k
 
