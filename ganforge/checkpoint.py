@@ -24,10 +24,8 @@ from typing import Any
 import torch
 
 from ganforge.config import GanforgeConfig
-from ganforge.storage import RemoteRun, StorageError, is_uri, localize
+from ganforge.storage import MARKER, WEIGHTS, RemoteRun, StorageError, is_uri, localize
 
-MARKER = "ganforge.json"
-WEIGHTS = "weights.pt"
 FORMAT = "ganforge-checkpoint/1"
 log = logging.getLogger("ganforge.checkpoint")
 

@@ -26,7 +26,9 @@ import shutil
 from pathlib import Path
 from urllib.parse import urlsplit
 
-MARKER = "ganforge.json"  # same name as ganforge.checkpoint.MARKER (kept import-free)
+# A checkpoint's marker and weights files. Defined here, the lower layer, and imported by
+# ganforge.checkpoint: storage mirrors exactly these without importing the checkpoint code.
+MARKER = "ganforge.json"
 WEIGHTS = "weights.pt"
 log = logging.getLogger("ganforge.storage")
 
