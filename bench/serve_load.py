@@ -33,6 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -116,22 +117,28 @@ class Server:
                 self.proc.wait()
 
 
-def server_specs(ckpt: str, args, log_dir: Path) -> dict[str, tuple[list[str], str, str, Path]]:
-    """name -> (command, health path, load path, log dir); `start` makes the Server."""
+@dataclass
+class ServerSpec:
+    cmd: list[str]  # "{port}" stands for the port the server is started on
+    health: str  # GET path that answers 200 once it serves
+    path: str  # POST path of the load
+
+
+def server_specs(ckpt: str, args) -> dict[str, ServerSpec]:
     common = ["--num-cpus", str(args.num_cpus), *(["--gpu"] if args.gpu else [])]
     floor = [sys.executable, "-m", "bench.serve_load", "--serve-floor", "{port}"]
-    specs = {"floor": (floor + ["--model", ckpt, *common], "/", "/", log_dir)}
+    specs = {"floor": ServerSpec(floor + ["--model", ckpt, *common], "/", "/")}
     for name, mbs in BATCHING.items():
         cmd = ganforge_cmd("serve", "--model", f"bench={ckpt}", "--port", "{port}")
         cmd += ["--max-batch-size", str(mbs), *common]
-        specs[name] = (cmd, "/healthz", "/v1/generate", log_dir)
+        specs[name] = ServerSpec(cmd, "/healthz", "/v1/generate")
     return specs
 
 
-def start(name: str, spec: tuple[list[str], str, str, Path], log_name: str) -> Server:
-    cmd, health, _, log_dir = spec
+def start(spec: ServerSpec, log_name: str, log_dir: Path) -> Server:
     port = free_port()
-    return Server(log_name, [c.replace("{port}", str(port)) for c in cmd], port, health, log_dir)
+    cmd = [c.replace("{port}", str(port)) for c in spec.cmd]
+    return Server(log_name, cmd, port, spec.health, log_dir)
 
 
 # --- the floor server (run as a subprocess by the benchmark) ------------------------------
@@ -301,17 +308,19 @@ async def run_server(url: str, args) -> list[dict[str, Any]]:
     return points
 
 
-def run_passes(specs: dict[str, tuple], args, log) -> dict[str, list[dict[str, Any]]]:
+def run_passes(
+    specs: dict[str, ServerSpec], args, log_dir: Path
+) -> dict[str, list[dict[str, Any]]]:
     """`args.passes` passes, one server alive at a time, order reversed every other pass."""
     raw: dict[str, list[list[dict]]] = {name: [] for name in specs}
     for i in range(args.passes):
         order = list(specs) if i % 2 == 0 else list(reversed(specs))
         for name in order:
-            server = start(name, specs[name], f"{name}-pass{i + 1}")
+            server = start(specs[name], f"{name}-pass{i + 1}", log_dir)
             try:
                 asyncio.run(server.wait_ready(args.startup_timeout))
-                log(f"pass {i + 1}/{args.passes}: {name}")
-                raw[name].append(asyncio.run(run_server(server.url + specs[name][2], args)))
+                print(f"pass {i + 1}/{args.passes}: {name}", file=sys.stderr, flush=True)
+                raw[name].append(asyncio.run(run_server(server.url + specs[name].path, args)))
             finally:
                 server.stop()
     return {
@@ -386,9 +395,7 @@ def main() -> None:
         with (tmp / "train.log").open("wb") as log:
             ckpt = str(train_checkpoint(tmp, args.width, args.z_dim, log))
     try:
-        results = run_passes(
-            server_specs(ckpt, args, tmp), args, lambda m: print(m, file=sys.stderr)
-        )
+        results = run_passes(server_specs(ckpt, args), args, tmp)
     finally:
         if args.model is None:
             shutil.rmtree(tmp / "run", ignore_errors=True)  # keep only the logs
