@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from ganforge.config import GanforgeConfig
-from ganforge.storage import MARKER, WEIGHTS, RemoteRun, StorageError, is_uri, localize
+from ganforge.storage import MARKER, WEIGHTS, RemoteRun, StorageError, is_uri
 
 FORMAT = "ganforge-checkpoint/1"
 log = logging.getLogger("ganforge.checkpoint")
@@ -149,15 +149,13 @@ class LoadedModel:
 def resolve_checkpoint(path: str | Path) -> Path:
     """The newest servable checkpoint (its weights.pt verified) of a run dir, a checkpoints/ dir,
     a checkpoint dir or its weights.pt file; any of these may be an object-store URI."""
-    fetch = None
+    remote = None
     try:
-        p = localize(path, weights=False)
-        if is_uri(path):
+        if is_uri(path):  # markers only: the weights are fetched newest first, below
             remote = RemoteRun(str(path))
-
-            def fetch(d: Path) -> None:
-                remote.pull_weights(d.name)
-
+            p = remote.localize(weights=False)
+        else:
+            p = Path(path)
     except StorageError as e:
         raise CheckpointError(str(e)) from None
     if not p.exists():
@@ -168,6 +166,7 @@ def resolve_checkpoint(path: str | Path) -> Path:
         return p
     for root in (checkpoint_root(p), p):
         if root.is_dir():
+            fetch = None if remote is None else (lambda d: remote.pull_weights(d.name))
             best = latest_valid(root, only={WEIGHTS}, fetch=fetch)
             if best is not None:
                 return best

@@ -179,6 +179,33 @@ class RemoteRun:
                 n += 1
         return n
 
+    def localize(self, weights: bool = True) -> Path:
+        """The mirror of this run dir or checkpoint, with what serving and evaluation read.
+
+        The mirror gets the markers of every checkpoint and, with `weights`, the weights of
+        each: enough for `ganforge eval` (DeepSpeed states and rank files stay remote). Without,
+        the caller pulls the weights it needs (`pull_weights`): serving fetches only the newest
+        checkpoint that verifies. A checkpoint URI always gets its weights.
+        """
+        if self.exists(MARKER):  # the URI is a checkpoint
+            return self.pull_weights("")
+        ckpts = self.pull_markers()
+        names = self.list_dir("checkpoints")
+        if not names:
+            raise StorageError(
+                f"{self.uri}: no checkpoints (expected {self.uri}/checkpoints/<name>/)"
+            )
+        for name in names if weights else ():
+            if not (ckpts / name / MARKER).is_file():
+                continue  # no marker: still uploading, or a killed upload
+            try:
+                self.pull_weights(name)
+            except StorageError as e:  # the local verify then skips it too, with a warning
+                log.warning("checkpoint %s/checkpoints/%s: %s", self.uri, name, e)
+        self.pull_file("metrics.jsonl")
+        self.pull_file("quality/metrics.json")  # shown by the server's /v1/models
+        return ckpts.parent
+
     def write_text(self, rel: str, text: str) -> None:
         """Write a small file to the mirror and the store."""
         dest = self.local / rel
@@ -187,30 +214,7 @@ class RemoteRun:
         self.push(rel)
 
 
-def localize(path: str | os.PathLike, weights: bool = True) -> Path:
-    """A local path for a run dir, checkpoints dir or checkpoint given as a path or URI.
-
-    For a URI, the mirror gets the markers of every checkpoint and, with `weights`, the weights
-    of each: enough for `ganforge eval` (DeepSpeed states and rank files stay remote). Without,
-    the caller pulls the weights it needs (`RemoteRun.pull_weights`): serving fetches only the
-    newest checkpoint that verifies. A checkpoint URI always gets its weights.
-    """
-    if not is_uri(path):
-        return Path(path)
-    run = RemoteRun(str(path))
-    if run.exists(MARKER):  # the URI is a checkpoint
-        return run.pull_weights("")
-    ckpts = run.pull_markers()
-    names = run.list_dir("checkpoints")
-    if not names:
-        raise StorageError(f"{run.uri}: no checkpoints (expected {run.uri}/checkpoints/<name>/)")
-    for name in names if weights else ():
-        if not (ckpts / name / MARKER).is_file():
-            continue  # no marker: still uploading, or a killed upload
-        try:
-            run.pull_weights(name)
-        except StorageError as e:  # the local verify then skips it too, with a warning
-            log.warning("checkpoint %s/checkpoints/%s: %s", run.uri, name, e)
-    run.pull_file("metrics.jsonl")
-    run.pull_file("quality/metrics.json")  # shown by the server's /v1/models
-    return ckpts.parent
+def localize(path: str | os.PathLike) -> Path:
+    """A local path for a run dir, checkpoints dir or checkpoint given as a path or URI, with
+    the weights of every checkpoint (see `RemoteRun.localize`)."""
+    return RemoteRun(str(path)).localize() if is_uri(path) else Path(path)

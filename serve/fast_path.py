@@ -18,6 +18,8 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 from starlette.responses import Response
 
+from ganforge.serve.middleware import relative_path
+
 # handler(validated body, scope["state"]) -> the response. Registered on the app's state by the
 # deployment (`app.state.fast_routes[path]`), so the route needs the replica's own instance.
 Handler = Callable[[Any, dict[str, Any]], Awaitable[Response]]
@@ -67,10 +69,7 @@ class JsonFastPath:
     def _handler(self, scope: dict[str, Any]) -> Handler | None:
         if scope["type"] != "http" or scope.get("method") != "POST":
             return None
-        path, root = scope.get("path", ""), scope.get("root_path", "")
-        if root and path.startswith(root):
-            path = path[len(root) :]
-        if path != self.path or not _is_json(scope):
+        if relative_path(scope) != self.path or not _is_json(scope):
             return None
         routes = getattr(getattr(scope.get("app"), "state", None), "fast_routes", None) or {}
         return routes.get(self.path)

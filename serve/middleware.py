@@ -27,12 +27,18 @@ EXPORT_PERIOD_S = 0.5
 ROUTES = {"/", "/healthz", "/v1/models", "/v1/generate", "/v1/score", "/docs", "/openapi.json"}
 
 
-def route_label(scope: dict[str, Any]) -> str:
-    """The request's route relative to the app's prefix; unknown paths collapse to 'other'."""
+def relative_path(scope: dict[str, Any]) -> str:
+    """The request's path relative to the app's prefix (`root_path`)."""
     path = scope.get("path", "")
     root = scope.get("root_path", "")
     if root and path.startswith(root):
         path = path[len(root) :] or "/"
+    return path
+
+
+def route_label(scope: dict[str, Any]) -> str:
+    """The request's route; unknown paths collapse to 'other' (bounded metric labels)."""
+    path = relative_path(scope)
     return path if path in ROUTES else "other"
 
 
