@@ -15,6 +15,12 @@ sent after the warm-up; then stop. `--passes` repeats this in alternating server
 first, then floor last, ...) so drifting background load on a shared machine hits all alike;
 each point pools the requests of every pass.
 
+Each level is measured with each request style of `--methods`, sent alike to every server (the
+floor ignores what it is sent): `get` is `GET /v1/generate?model=bench&count=1&format=png&seed=N`,
+`post` the same fields as a JSON body. They differ on Ray Serve: a replica pulls a POST's body
+from the proxy with one more actor call before it can start, a round trip the floor never waits
+for.
+
     python -m bench.serve_load --out bench/results/serve_load-cpu.json
     python -m bench.serve_load --seconds 2 --clients 1 8 --passes 1   # a quick check
 """
@@ -38,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 BODY = {"model": "bench", "count": 1, "format": "png"}  # one 32x32 image, base64 PNG in JSON
+METHODS = ("get", "post")
 BATCHING = {"ganforge_batch32": 32, "ganforge_batch1": 1}
 
 
@@ -198,11 +205,12 @@ def percentile(sorted_s: list[float], p: float) -> float | None:
     return round(1e3 * sorted_s[min(len(sorted_s) - 1, int(p * len(sorted_s)))], 2)
 
 
-async def load_point(url: str, clients: int, args) -> dict[str, Any]:
+async def load_point(url: str, clients: int, args, method: str) -> dict[str, Any]:
     """`clients` concurrent loops, each sending its next request when the last one returns,
     for `args.seconds` or `args.max_requests` requests; the warm-up is not counted. Every
-    server gets the same JSON body (the floor ignores it), so the HTTP path costs the same.
-    Returns the raw latencies (s), errors and elapsed seconds (`summarize` pools passes)."""
+    server gets the same request (`method`: the fields as a query string or a JSON body; the
+    floor ignores them), so the HTTP path costs the same. Returns the raw latencies (s), errors
+    and elapsed seconds (`summarize` pools passes)."""
     import aiohttp
 
     latencies: list[float] = []
@@ -216,9 +224,13 @@ async def load_point(url: str, clients: int, args) -> dict[str, Any]:
             nonlocal seq
             seq += 1
             payload = {**BODY, "seed": seq}
+            if method == "get":
+                request = session.get(url, params={k: str(v) for k, v in payload.items()})
+            else:
+                request = session.post(url, json=payload)
             t0 = time.perf_counter()
             try:
-                async with session.post(url, json=payload) as r:
+                async with request as r:
                     await r.read()
                     status = r.status
             except aiohttp.ClientError as e:
@@ -243,7 +255,13 @@ async def load_point(url: str, clients: int, args) -> dict[str, Any]:
         t0 = time.perf_counter()
         await asyncio.gather(*(client() for _ in range(clients)))
         elapsed = time.perf_counter() - t0
-    return {"clients": clients, "latencies": latencies, "errors": errors, "seconds": elapsed}
+    return {
+        "clients": clients,
+        "method": method,
+        "latencies": latencies,
+        "errors": errors,
+        "seconds": elapsed,
+    }
 
 
 def summarize(points: list[dict[str, Any]]) -> dict[str, Any]:
@@ -257,6 +275,7 @@ def summarize(points: list[dict[str, Any]]) -> dict[str, Any]:
             errors[k] = errors.get(k, 0) + v
     return {
         "clients": points[0]["clients"],
+        "method": points[0]["method"],
         "requests": len(lat),
         "errors": errors,
         "seconds": round(seconds, 2),
@@ -298,20 +317,24 @@ async def settle(timeout: float, idle: float = 0.8, window: float = 0.5) -> floa
 
 
 async def run_server(url: str, args) -> list[dict[str, Any]]:
-    """Every level on one running server: its points, in `args.clients` order."""
+    """Every level on one running server, each with every method: its points, level by level
+    in `args.clients` order, methods in `args.methods` order within a level."""
     # After start-up: first requests, caches, allocator.
-    await load_point(url, 8, argparse.Namespace(seconds=1.0, max_requests=64))
+    for method in args.methods:
+        await load_point(url, 8, argparse.Namespace(seconds=1.0, max_requests=64), method)
     points = []
     for c in args.clients:
-        waited = await settle(args.settle_timeout)
-        points.append({**await load_point(url, c, args), "settled_s": waited})
+        for method in args.methods:
+            waited = await settle(args.settle_timeout)
+            points.append({**await load_point(url, c, args, method), "settled_s": waited})
     return points
 
 
 def run_passes(
     specs: dict[str, ServerSpec], args, log_dir: Path
-) -> dict[str, list[dict[str, Any]]]:
-    """`args.passes` passes, one server alive at a time, order reversed every other pass."""
+) -> dict[str, dict[str, list[dict[str, Any]]]]:
+    """`args.passes` passes, one server alive at a time, order reversed every other pass.
+    Returns {method: {server: [pooled point per level]}}."""
     raw: dict[str, list[list[dict]]] = {name: [] for name in specs}
     for i in range(args.passes):
         order = list(specs) if i % 2 == 0 else list(reversed(specs))
@@ -323,9 +346,13 @@ def run_passes(
                 raw[name].append(asyncio.run(run_server(server.url + specs[name].path, args)))
             finally:
                 server.stop()
+    n = len(args.methods)
     return {
-        name: [summarize([p[j] for p in passes]) for j in range(len(args.clients))]
-        for name, passes in raw.items()
+        method: {
+            name: [summarize([p[j * n + i] for p in passes]) for j in range(len(args.clients))]
+            for name, passes in raw.items()
+        }
+        for i, method in enumerate(args.methods)
     }
 
 
@@ -370,6 +397,13 @@ def main() -> None:
     ap.add_argument("--num-cpus", type=float, default=1.0, help="CPUs per replica")
     ap.add_argument("--gpu", action="store_true", help="replicas on one GPU each")
     ap.add_argument("--passes", type=int, default=2, help="passes over the servers (pooled)")
+    ap.add_argument(
+        "--methods",
+        nargs="+",
+        choices=METHODS,
+        default=list(METHODS),
+        help="request styles measured at every level: query string (get), JSON body (post)",
+    )
     ap.add_argument("--startup-timeout", type=float, default=300.0)
     ap.add_argument(
         "--settle-timeout",
@@ -411,9 +445,10 @@ def main() -> None:
             "servers": "one subprocess (own local Ray cluster) per system, one alive at a "
             "time, Serve HTTP on 127.0.0.1; ganforge: `ganforge serve --max-batch-size 32|1`, "
             "format=png JSON; "
-            "floor: bare deployment returning one float (gets the same JSON body, unread); "
+            "floor: bare deployment returning one float (gets the same request, unread); "
             "every server starts Ray with `ray.init()` defaults, as `ganforge serve` does",
-            "request": "one image per request",
+            "request": "one image per request; get: the fields as a query string, post: as a "
+            "JSON body; every server gets the same requests",
             "replica_cpus": args.num_cpus,
             "bounds_per_point": {"seconds": args.seconds, "max_requests": args.max_requests},
             "passes": f"{args.passes}, server order reversed every other pass; a point pools "
@@ -428,7 +463,7 @@ def main() -> None:
             "batch_wait_timeout_s": 0.01,
         },
         "results": results,
-        "goals": goals(results),
+        "goals": {method: goals(r) for method, r in results.items()},
     }
     text = json.dumps(report, indent=1)
     print(text)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -179,13 +180,15 @@ class RemoteRun:
                 n += 1
         return n
 
-    def localize(self, weights: bool = True) -> Path:
+    def localize(self, weights: bool | Callable[[Path], Iterable[Path]] = True) -> Path:
         """The mirror of this run dir or checkpoint, with what serving and evaluation read.
 
-        The mirror gets the markers of every checkpoint and, with `weights`, the weights of
-        each: enough for `ganforge eval` (DeepSpeed states and rank files stay remote). Without,
-        the caller pulls the weights it needs (`pull_weights`): serving fetches only the newest
-        checkpoint that verifies. A checkpoint URI always gets its weights.
+        The mirror gets the markers of every checkpoint and the weights of those `weights`
+        names: True = all, False = none (the caller pulls what it needs with `pull_weights`:
+        serving fetches only the newest checkpoint that verifies), or a function of the mirror's
+        checkpoints dir, markers in place, that returns the checkpoint dirs to fetch
+        (`ganforge eval --checkpoint latest` fetches one). DeepSpeed states and rank files stay
+        remote. A checkpoint URI always gets its weights.
         """
         if self.exists(MARKER):  # the URI is a checkpoint
             return self.pull_weights("")
@@ -195,6 +198,9 @@ class RemoteRun:
             raise StorageError(
                 f"{self.uri}: no checkpoints (expected {self.uri}/checkpoints/<name>/)"
             )
+        if callable(weights):
+            chosen = {Path(d).name for d in weights(ckpts)}
+            names = [n for n in names if n in chosen]
         for name in names if weights else ():
             if not (ckpts / name / MARKER).is_file():
                 continue  # no marker: still uploading, or a killed upload
@@ -212,9 +218,3 @@ class RemoteRun:
         dest.parent.mkdir(parents=True, exist_ok=True)
         dest.write_text(text)
         self.push(rel)
-
-
-def localize(path: str | os.PathLike) -> Path:
-    """A local path for a run dir, checkpoints dir or checkpoint given as a path or URI, with
-    the weights of every checkpoint (see `RemoteRun.localize`)."""
-    return RemoteRun(str(path)).localize() if is_uri(path) else Path(path)

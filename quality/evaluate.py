@@ -20,7 +20,7 @@ from ganforge.quality import metrics as M
 from ganforge.quality.features import ClassifierExtractor, build_classifier_extractor, extract
 from ganforge.quality.image_stats import image_stats
 from ganforge.quality.real_images import RealImages, load_real
-from ganforge.storage import RemoteRun, StorageError, is_uri, localize
+from ganforge.storage import RemoteRun, StorageError, is_uri
 
 
 class EvalError(ValueError):
@@ -55,13 +55,25 @@ class RealReference:
     pr_features: torch.Tensor = field(repr=False, default=None)
 
 
-def select_checkpoints(run_dir: str | Path, which: str) -> list[tuple[int, Path]]:
-    """`latest`, `all` (oldest first) or a step number -> [(step, checkpoint dir)]. `run_dir` may
-    be an object-store URI (its markers and weights are mirrored locally first)."""
+def mirror(run_dir: str | Path, which: str) -> Path:
+    """A local path for `run_dir`. An object-store run is mirrored with its checkpoint markers
+    and the weights of only the checkpoints `which` selects (`latest`: one download)."""
+    if not is_uri(run_dir):
+        return Path(run_dir)
+
+    def wanted(ckpts: Path) -> list[Path]:
+        return [d for _, d in _pick(list_checkpoints(ckpts), which, run_dir, ckpts)]
+
     try:
-        p = localize(run_dir)
+        return RemoteRun(str(run_dir)).localize(weights=wanted)
     except StorageError as e:
         raise EvalError(str(e)) from None
+
+
+def select_checkpoints(run_dir: str | Path, which: str) -> list[tuple[int, Path]]:
+    """`latest`, `all` (oldest first) or a step number -> [(step, checkpoint dir)]. `run_dir` may
+    be an object-store URI (mirrored first, see `mirror`)."""
+    p = mirror(run_dir, which)
     if not p.exists():
         raise EvalError(f"{run_dir}: no such run directory")
     try:  # a checkpoint dir itself
@@ -69,8 +81,15 @@ def select_checkpoints(run_dir: str | Path, which: str) -> list[tuple[int, Path]
     except CheckpointError:
         pass
     found = list_checkpoints(p / "checkpoints") or list_checkpoints(p)
+    return _pick(found, which, run_dir, p / "checkpoints")
+
+
+def _pick(
+    found: list[tuple[int, Path]], which: str, run_dir: str | Path, where: Path
+) -> list[tuple[int, Path]]:
+    """`which` of `found` (newest first, as `list_checkpoints` gives them)."""
     if not found:
-        raise EvalError(f"{run_dir}: no checkpoints (expected {p / 'checkpoints'}/<name>/)")
+        raise EvalError(f"{run_dir}: no checkpoints (expected {where}/<name>/)")
     if which == "latest":
         return found[:1]
     if which == "all":
@@ -231,10 +250,8 @@ def evaluate_runs(
     from ganforge.quality.real_images import read_manifest
     from ganforge.quality.report import write_report
 
-    try:  # object-store runs are mirrored once, here; everything below reads the mirror
-        local = [localize(r) for r in run_dirs]
-    except StorageError as e:
-        raise EvalError(str(e)) from None
+    # Object-store runs are mirrored once, here; everything below reads the mirror.
+    local = [mirror(r, s.checkpoint) for r in run_dirs]
     for r in local:  # fail on a typo before minutes of feature extraction
         select_checkpoints(r, s.checkpoint)
     uris = {str(m): str(r) for r, m in zip(run_dirs, local, strict=True) if is_uri(r)}

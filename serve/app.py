@@ -31,7 +31,7 @@ from ray.serve.config import AutoscalingConfig, BackpressureConfig
 
 from ganforge.images import to_uint8
 from ganforge.serve import codecs
-from ganforge.serve.fast_path import JsonFastPath
+from ganforge.serve.fast_path import FastPath
 from ganforge.serve.metrics import get_metrics
 from ganforge.serve.middleware import RequestMetricsMiddleware
 from ganforge.serve.model_pool import ModelPool
@@ -91,13 +91,41 @@ async def _invalid_request(request: Request, exc: RequestValidationError) -> JSO
 
 # Added first = innermost: metrics and the body limit wrap the fast path too.
 fastapi_app.add_middleware(
-    JsonFastPath,
+    FastPath,
     path="/v1/generate",
     model=GenerateRequest,
     error_type=ApiError,
     on_error=api_error_response,
+    from_query=GenerateRequest.from_query,
 )
 fastapi_app.add_middleware(RequestMetricsMiddleware)
+
+
+_GENERATE_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "content": {"image/png": {}, "application/octet-stream": {}},
+        "description": "format=png: JSON; grid: one PNG; npy: uint8 [N, H, W, C].",
+    }
+}
+
+
+def _query_parameters(model: type[GenerateRequest]) -> list[dict[str, Any]]:
+    """OpenAPI query parameters of GET /v1/generate, from the request model's fields (the route
+    parses the query itself, with `GenerateRequest.from_query`)."""
+    schema = model.model_json_schema(by_alias=True)
+    return [
+        {
+            "name": name,
+            "in": "query",
+            "required": name in schema.get("required", ()),
+            "description": prop.get("description", ""),
+            "schema": {k: v for k, v in prop.items() if k not in ("description", "title")},
+        }
+        for name, prop in schema["properties"].items()
+    ]
+
+
+_GENERATE_QUERY = _query_parameters(GenerateRequest)
 
 
 @dataclass
@@ -213,22 +241,35 @@ class GanforgeServer:
         return ModelsResponse(models=[m.info() for m in self.pool.models.values()])
 
     @fastapi_app.post(
-        "/v1/generate",
-        response_model=GenerateResponse,
-        responses={
-            200: {
-                "content": {"image/png": {}, "application/octet-stream": {}},
-                "description": "format=png: JSON; grid: one PNG; npy: uint8 [N, H, W, C].",
-            }
-        },
+        "/v1/generate", response_model=GenerateResponse, responses=_GENERATE_RESPONSES
     )
     async def generate(self, body: GenerateRequest, request: Request) -> Response:
         """Generate images; the same seed and request give the same images."""
         return await self.generate_response(body, request.scope.setdefault("state", {}))
 
+    @fastapi_app.get(
+        "/v1/generate",
+        response_model=GenerateResponse,
+        responses=_GENERATE_RESPONSES,
+        openapi_extra={"parameters": _GENERATE_QUERY},
+    )
+    async def generate_get(self, request: Request) -> Response:
+        """`POST /v1/generate`'s fields as query parameters, e.g.
+        `?model=demo&class=cat&count=8&seed=1&format=grid` (usable as an `<img src>`). `labels`
+        may repeat or be comma-separated; labels and classes in digits are class indices. On Ray
+        Serve a GET also answers sooner: a POST's body costs the replica one more actor call to
+        the proxy."""
+        try:
+            body = GenerateRequest.from_query(request.query_params.multi_items())
+        except ValidationError as e:
+            raise RequestValidationError(
+                [{**err, "loc": ("query", *err["loc"])} for err in e.errors()]
+            ) from None
+        return await self.generate_response(body, request.scope.setdefault("state", {}))
+
     async def generate_response(self, body: GenerateRequest, state: dict[str, Any]) -> Response:
         """`POST /v1/generate` for a validated body, from the FastAPI route or the fast path
-        (serve.fast_path, which serves valid JSON requests); names the model in `state`."""
+        (serve.fast_path, which serves valid requests); names the model in `state`."""
         state["model"] = self._model_label(body.model)
         plan = self.pool.plan(body, self.args.max_images_per_request)
         n, labels = len(plan.z), plan.labels

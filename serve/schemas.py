@@ -6,6 +6,7 @@ RayService) and document the HTTP API in FastAPI's OpenAPI page at `/docs`.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any, Literal
 
 from pydantic import (
@@ -150,6 +151,41 @@ class GenerateRequest(_Strict):
         if self.labels is not None and (self.class_ is not None or self.count is not None):
             raise ValueError("give either `labels` or `class`/`count`, not both")
         return self
+
+    @classmethod
+    def from_query(cls, items: Iterable[tuple[str, str]]) -> GenerateRequest:
+        """The request of `GET /v1/generate?model=...`: the body's fields as query parameters.
+        `labels` may repeat or hold a comma-separated list; a label, `class` or number written
+        in digits is an integer. Raises ValidationError like `model_validate` (a value that is
+        not a number stays a string, which the strict fields refuse with their own message)."""
+        fields: dict[str, Any] = {}
+        for key, value in items:
+            if key == "labels":
+                fields.setdefault("labels", []).extend(
+                    _query_label(v) for v in value.split(",") if v != ""
+                )
+            elif key == "class":
+                fields[key] = _query_label(value)
+            elif key in _QUERY_NUMBERS:
+                fields[key] = _query_number(value, _QUERY_NUMBERS[key])
+            else:  # model, format, and unknown keys (refused by extra="forbid")
+                fields[key] = value
+        return cls.model_validate(fields)
+
+
+# Query parameters that are numbers, and their type.
+_QUERY_NUMBERS: dict[str, type] = {"count": int, "seed": int, "nrow": int, "truncation": float}
+
+
+def _query_number(value: str, kind: type) -> int | float | str:
+    try:
+        return kind(value)
+    except ValueError:
+        return value
+
+
+def _query_label(value: str) -> int | str:
+    return int(value) if value.isascii() and value.isdigit() else value
 
 
 class GenerateResponse(BaseModel):

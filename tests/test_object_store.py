@@ -151,8 +151,16 @@ def test_train_resume_serve_and_eval_from_an_object_store(tmp_path, s3, use_s3):
     steps = [json.loads(x)["step"] for x in (body.local / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4]
 
-    # `ganforge eval` sees every checkpoint of the run; a checkpoint URI loads on its own.
+    # `ganforge eval --checkpoint latest` (or a step) downloads only the weights it evaluates.
+    shutil.rmtree(mirror_path(uri))
+    assert [s for s, _ in select_checkpoints(uri, "latest")] == [4]
+    assert not (ckpts / "step-000002" / "weights.pt").exists()
+    shutil.rmtree(mirror_path(uri))
+    assert [s for s, _ in select_checkpoints(uri, "2")] == [2]
+    assert not (ckpts / "step-000004" / "weights.pt").exists()
+    # `all` sees and fetches every checkpoint of the run; a checkpoint URI loads on its own.
     assert [s for s, _ in select_checkpoints(uri, "all")] == [2, 4]
+    assert (ckpts / "step-000004" / "weights.pt").is_file()
     assert load_model(f"{uri}/checkpoints/step-000002").meta["step"] == 2
 
 

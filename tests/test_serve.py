@@ -208,6 +208,77 @@ def test_fast_path_and_fastapi_route_answer_alike(client):
             assert fast.headers.get(h) == routed.headers.get(h)
 
 
+@pytest.mark.parametrize(
+    "query, body",
+    [
+        ("model=cd&labels=cat,1&seed=9", {"model": "cd", "labels": ["cat", 1], "seed": 9}),
+        ("model=cd&labels=cat&labels=1&seed=9", {"model": "cd", "labels": ["cat", 1], "seed": 9}),
+        (
+            "model=cd&class=dog&count=3&seed=4&truncation=0.5&format=grid&nrow=1",
+            {
+                "model": "cd",
+                "class": "dog",
+                "count": 3,
+                "seed": 4,
+                "truncation": 0.5,
+                "format": "grid",
+                "nrow": 1,
+            },
+        ),
+        (
+            "model=dc&count=2&seed=9&format=npy",
+            {"model": "dc", "count": 2, "seed": 9, "format": "npy"},
+        ),
+        ("model=cd&labels=unicorn", {"model": "cd", "labels": ["unicorn"]}),  # 422, handler
+        ("model=nope", {"model": "nope"}),  # 404 from the handler
+    ],
+)
+def test_get_with_a_query_answers_like_post(client, query, body):
+    """GET /v1/generate?... takes the same fields as the POST body and gives the same images,
+    headers and handler errors."""
+    got, posted = client.get(f"/v1/generate?{query}"), client.post("/v1/generate", json=body)
+    assert got.status_code == posted.status_code, (query, got.text, posted.text)
+    assert got.content == posted.content
+    for h in ("content-type", "x-ganforge-seed", "x-ganforge-labels"):
+        assert got.headers.get(h) == posted.headers.get(h)
+
+
+@pytest.mark.parametrize(
+    "query, needle",
+    [
+        ("model=cd&count=x", "query.count: Input should be a valid integer (got 'x')"),
+        ("model=cd&count=0", "query.count: Input should be greater than or equal to 1"),
+        ("model=cd&colour=red", "query.colour: Extra inputs are not permitted"),
+        ("count=2", "query.model: Field required"),
+        ("model=cd&labels=1&count=2", "either `labels` or `class`"),
+        ("model=cd&labels=", "query.labels: List should have at least 1 item"),
+        ("model=cd&format=gif", "query.format"),
+        ("model=cd&truncation=wide", "query.truncation"),
+    ],
+)
+def test_bad_generate_queries(client, query, needle):
+    r = client.get(f"/v1/generate?{query}")
+    assert r.status_code == 422, r.text
+    assert needle in r.json()["detail"]
+
+
+def test_get_generate_is_documented_with_its_query_parameters(client):
+    params = client.get("/openapi.json").json()["paths"]["/v1/generate"]["get"]["parameters"]
+    by_name = {p["name"]: p for p in params}
+    assert set(by_name) == {
+        "model",
+        "labels",
+        "class",
+        "count",
+        "seed",
+        "truncation",
+        "format",
+        "nrow",
+    }
+    assert by_name["model"]["required"] and by_name["model"]["in"] == "query"
+    assert "same images" in by_name["seed"]["description"]
+
+
 def test_batching_does_not_change_results(server):
     seeds = list(range(100, 116))
 

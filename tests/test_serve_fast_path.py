@@ -1,6 +1,7 @@
-"""`serve.fast_path.JsonFastPath` in process: which requests it serves and which it hands to
-FastAPI, with the body intact. A small FastAPI app (no Ray) stands in for the deployment; the
-real app's fast and FastAPI routes are compared end to end in tests/test_serve.py."""
+"""`serve.fast_path.FastPath` in process: which requests (JSON POSTs, GETs with a query) it
+serves and which it hands to FastAPI, with the body intact. A small FastAPI app (no Ray) stands
+in for the deployment; the real app's fast and FastAPI routes are compared end to end in
+tests/test_serve.py."""
 
 from __future__ import annotations
 
@@ -9,12 +10,12 @@ import json
 
 import httpx
 import pytest
-from fastapi import FastAPI
+from fastapi import FastAPI, Query
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from ganforge.serve.fast_path import JsonFastPath
+from ganforge.serve.fast_path import FastPath
 
 
 class Body(BaseModel):
@@ -27,15 +28,23 @@ class Refused(Exception):
     pass
 
 
-def make_app() -> tuple[FastAPI, dict[str, list]]:
+def body_from_query(items) -> Body:
+    fields = dict(items)
+    if "count" in fields:
+        fields["count"] = int(fields["count"])  # ValueError: handed to FastAPI
+    return Body.model_validate(fields)
+
+
+def make_app(query: bool = True) -> tuple[FastAPI, dict[str, list]]:
     calls: dict[str, list] = {"fast": [], "route": []}
     app = FastAPI()
     app.add_middleware(
-        JsonFastPath,
+        FastPath,
         path="/v1/go",
         model=Body,
         error_type=Refused,
         on_error=lambda _app, e: JSONResponse({"detail": str(e)}, status_code=409),
+        from_query=body_from_query if query else None,
     )
 
     async def fast(body: Body, state: dict) -> Response:
@@ -52,6 +61,13 @@ def make_app() -> tuple[FastAPI, dict[str, list]]:
         calls["route"].append(body)
         return Response(f"route:{body.name}:{body.count}", media_type="text/plain")
 
+    if query:
+
+        @app.get("/v1/go")
+        async def route_get(name: str, count: int = Query(1, ge=1)) -> Response:
+            calls["route"].append(Body(name=name, count=count))
+            return Response(f"route:{name}:{count}", media_type="text/plain")
+
     @app.exception_handler(RequestValidationError)
     async def invalid(_request, exc: RequestValidationError) -> JSONResponse:
         return JSONResponse({"errors": [list(e["loc"]) for e in exc.errors()]}, status_code=422)
@@ -65,6 +81,15 @@ def post(app: FastAPI, content, content_type: str | None = "application/json"):
         async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
             headers = {} if content_type is None else {"content-type": content_type}
             return await client.post("/v1/go", content=content, headers=headers)
+
+    return asyncio.run(go())
+
+
+def get(app: FastAPI, query: str, path: str = "/v1/go"):
+    async def go():
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            return await client.get(f"{path}?{query}")
 
     return asyncio.run(go())
 
@@ -136,16 +161,47 @@ def test_without_a_registered_handler_fastapi_serves_everything():
 
 
 def test_other_methods_and_paths_are_not_intercepted():
-    app, calls = make_app()
+    app, calls = make_app(query=False)
 
     async def go():
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
             return (
-                await client.get("/v1/go"),
+                await client.get("/v1/go?name=e"),  # no `from_query`: GET is not served here
+                await client.put("/v1/go", json={"name": "e"}),
                 await client.post("/v1/gone", json={"name": "e"}),
             )
 
-    get, other = asyncio.run(go())
-    assert (get.status_code, other.status_code) == (405, 404)
+    got, put, other = asyncio.run(go())
+    assert (got.status_code, put.status_code, other.status_code) == (405, 405, 404)
+    assert calls["fast"] == []
+
+
+def test_a_valid_query_is_served_by_the_handler_not_the_route():
+    app, calls = make_app()
+    r = get(app, "name=q%20r&count=2")  # percent-escapes are decoded
+    assert (r.status_code, r.text) == (200, "fast:q r:2")
+    assert calls["route"] == []
+    r = get(app, "name=refuse")  # the handler's own errors, as for a POST
+    assert (r.status_code, r.json()) == (409, {"detail": "refused by the handler"})
+
+
+@pytest.mark.parametrize(
+    "query, loc",
+    [
+        ("name=a&count=x", ["query", "count"]),  # not a number: from_query raises ValueError
+        ("name=a&count=0", ["query", "count"]),  # invalid field: ValidationError
+        ("count=2", ["query", "name"]),  # missing field
+    ],
+)
+def test_an_invalid_query_goes_to_fastapi_which_words_the_error(query, loc):
+    app, calls = make_app()
+    r = get(app, query)
+    assert r.status_code == 422 and loc in r.json()["errors"]
+    assert calls["fast"] == [] and calls["route"] == []
+
+
+def test_a_get_on_another_path_is_not_intercepted():
+    app, calls = make_app()
+    assert get(app, "name=a", path="/v1/gone").status_code == 404
     assert calls["fast"] == []
