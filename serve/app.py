@@ -268,8 +268,8 @@ class GanforgeServer:
         return await self.generate_response(body, request.scope.setdefault("state", {}))
 
     async def generate_response(self, body: GenerateRequest, state: dict[str, Any]) -> Response:
-        """`POST /v1/generate` for a validated body, from the FastAPI route or the fast path
-        (serve.fast_path, which serves valid requests); names the model in `state`."""
+        """`/v1/generate` for a validated request (a POST body or a GET query), from the FastAPI
+        routes or the fast path (serve.fast_path); names the model in `state`."""
         state["model"] = self._model_label(body.model)
         plan = self.pool.plan(body, self.args.max_images_per_request)
         n, labels = len(plan.z), plan.labels

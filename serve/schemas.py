@@ -185,7 +185,9 @@ def _query_number(value: str, kind: type) -> int | float | str:
 
 
 def _query_label(value: str) -> int | str:
-    return int(value) if value.isascii() and value.isdigit() else value
+    # Negative too, so `class=-1` gets the same "out of range" answer as in JSON.
+    digits = value[1:] if value.startswith("-") else value
+    return int(value) if digits.isascii() and digits.isdigit() else value
 
 
 class GenerateResponse(BaseModel):

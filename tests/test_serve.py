@@ -231,6 +231,7 @@ def test_fast_path_and_fastapi_route_answer_alike(client):
         ),
         ("model=cd&labels=unicorn", {"model": "cd", "labels": ["unicorn"]}),  # 422, handler
         ("model=nope", {"model": "nope"}),  # 404 from the handler
+        ("model=cd&class=-1", {"model": "cd", "class": -1}),  # 422: index out of range
     ],
 )
 def test_get_with_a_query_answers_like_post(client, query, body):
