@@ -414,6 +414,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=None, help="also write the JSON here")
     ap.add_argument("--serve-floor", type=int, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    args.methods = list(dict.fromkeys(args.methods))  # a method named twice is measured once
     if args.serve_floor is not None:
         serve_floor(args.serve_floor, args.model, args.num_cpus, args.gpu)
         return
