@@ -186,6 +186,14 @@ def test_seed_determinism_and_label_forms(client):
     assert r.json()["images"] == again.json()["images"]
 
 
+def assert_same_answer(a: httpx.Response, b: httpx.Response, request) -> None:
+    """Same status, same bytes and the same content type and X-Ganforge-* headers."""
+    assert a.status_code == b.status_code, (request, a.text, b.text)
+    assert a.content == b.content
+    for h in ("content-type", "x-ganforge-seed", "x-ganforge-labels"):
+        assert a.headers.get(h) == b.headers.get(h)
+
+
 def test_fast_path_and_fastapi_route_answer_alike(client):
     """`application/json` bodies take the fast path (serve.fast_path); FastAPI serves other JSON
     types (`+json`) itself. Both must give the same images, headers and errors."""
@@ -202,10 +210,7 @@ def test_fast_path_and_fastapi_route_answer_alike(client):
         routed = client.post(
             "/v1/generate", content=data, headers={"content-type": "application/x.test+json"}
         )
-        assert fast.status_code == routed.status_code, (body, fast.text, routed.text)
-        assert fast.content == routed.content
-        for h in ("content-type", "x-ganforge-seed", "x-ganforge-labels"):
-            assert fast.headers.get(h) == routed.headers.get(h)
+        assert_same_answer(fast, routed, body)
 
 
 @pytest.mark.parametrize(
@@ -238,10 +243,7 @@ def test_get_with_a_query_answers_like_post(client, query, body):
     """GET /v1/generate?... takes the same fields as the POST body and gives the same images,
     headers and handler errors."""
     got, posted = client.get(f"/v1/generate?{query}"), client.post("/v1/generate", json=body)
-    assert got.status_code == posted.status_code, (query, got.text, posted.text)
-    assert got.content == posted.content
-    for h in ("content-type", "x-ganforge-seed", "x-ganforge-labels"):
-        assert got.headers.get(h) == posted.headers.get(h)
+    assert_same_answer(got, posted, query)
 
 
 @pytest.mark.parametrize(
