@@ -3,6 +3,7 @@ cluster (2 CPU workers, gloo). Marked slow; CI runs them."""
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import signal
@@ -142,7 +143,9 @@ def _scrape(port: int) -> dict[str, float] | None:
 
     try:
         body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read()
-    except OSError:
+    except (OSError, http.client.HTTPException):
+        # Refused while no rank 0 runs, or cut off mid-body when the kill lands during a
+        # scrape (IncompleteRead): either way, no scrape this time; the poller keeps going.
         return None
     return {
         s.name: s.value for f in text_string_to_metric_families(body.decode()) for s in f.samples
