@@ -15,6 +15,9 @@ sent after the warm-up; then stop. `--passes` repeats this in alternating server
 first, then floor last, ...) so drifting background load on a shared machine hits all alike;
 each point pools the requests of every pass.
 
+On Linux every point also records the CPU time of the server's whole cluster (every process of
+its session, from /proc) per answered request: steadier than images/s on a shared machine.
+
 Each level is measured with each request style of `--methods`, sent alike to every server (the
 floor ignores what it is sent): `get` is `GET /v1/generate?model=bench&count=1&format=png&seed=N`,
 `post` the same fields as a JSON body. They differ on Ray Serve: a replica pulls a POST's body
@@ -39,6 +42,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -205,12 +209,35 @@ def percentile(sorted_s: list[float], p: float) -> float | None:
     return round(1e3 * sorted_s[min(len(sorted_s) - 1, int(p * len(sorted_s)))], 2)
 
 
-async def load_point(url: str, clients: int, args, method: str) -> dict[str, Any]:
+def session_cpu_seconds(sid: int) -> float | None:
+    """CPU seconds (user + system) used so far by the live processes of session `sid`: a server
+    and the whole Ray cluster it started, which inherit its session. None off Linux."""
+    total, found = 0, False
+    try:
+        pids = [p for p in os.listdir("/proc") if p.isdigit()]
+    except OSError:
+        return None
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # exited meanwhile
+        if int(fields[3]) == sid:  # fields after "(comm)": state ppid pgrp session ...
+            total += int(fields[11]) + int(fields[12])  # utime + stime, in clock ticks
+            found = True
+    return total / os.sysconf("SC_CLK_TCK") if found else None
+
+
+async def load_point(
+    url: str, clients: int, args, method: str, cpu: Callable[[], float | None] | None = None
+) -> dict[str, Any]:
     """`clients` concurrent loops, each sending its next request when the last one returns,
     for `args.seconds` or `args.max_requests` requests; the warm-up is not counted. Every
     server gets the same request (`method`: the fields as a query string or a JSON body; the
-    floor ignores them), so the HTTP path costs the same. Returns the raw latencies (s), errors
-    and elapsed seconds (`summarize` pools passes)."""
+    floor ignores them), so the HTTP path costs the same. Returns the raw latencies (s), errors,
+    elapsed seconds and, given `cpu` (the server's CPU seconds so far), the server's CPU seconds
+    over the timed part (`summarize` pools passes)."""
     import aiohttp
 
     latencies: list[float] = []
@@ -252,15 +279,18 @@ async def load_point(url: str, clients: int, args, method: str) -> dict[str, Any
                 sent += 1
                 await one(True)
 
+        cpu0 = cpu() if cpu else None
         t0 = time.perf_counter()
         await asyncio.gather(*(client() for _ in range(clients)))
         elapsed = time.perf_counter() - t0
+        cpu1 = cpu() if cpu else None
     return {
         "clients": clients,
         "method": method,
         "latencies": latencies,
         "errors": errors,
         "seconds": elapsed,
+        "cpu_s": None if cpu0 is None or cpu1 is None else cpu1 - cpu0,
     }
 
 
@@ -273,6 +303,8 @@ def summarize(points: list[dict[str, Any]]) -> dict[str, Any]:
     for p in points:
         for k, v in p["errors"].items():
             errors[k] = errors.get(k, 0) + v
+    cpu = [p["cpu_s"] for p in points]
+    answered = len(lat) + sum(errors.values())
     return {
         "clients": points[0]["clients"],
         "method": points[0]["method"],
@@ -284,6 +316,11 @@ def summarize(points: list[dict[str, Any]]) -> dict[str, Any]:
         "p50_ms": percentile(lat, 0.50),
         "p95_ms": percentile(lat, 0.95),
         "p99_ms": percentile(lat, 0.99),
+        # The server's whole cluster (proxy, replica, driver, GCS, raylet, dashboard...) over
+        # the timed seconds, per answered request: steadier than images/s on a shared machine.
+        "cpu_ms_per_request": round(1e3 * sum(cpu) / answered, 2)
+        if answered and None not in cpu
+        else None,
         "settled_s": [p["settled_s"] for p in points],
     }
 
@@ -316,9 +353,9 @@ async def settle(timeout: float, idle: float = 0.8, window: float = 0.5) -> floa
     return round(time.perf_counter() - t0, 2)
 
 
-async def run_server(url: str, args) -> list[dict[str, Any]]:
-    """Every level on one running server, each with every method: its points, level by level
-    in `args.clients` order, methods in `args.methods` order within a level."""
+async def run_server(url: str, args, sid: int) -> list[dict[str, Any]]:
+    """Every level on one running server (session `sid`), each with every method: its points,
+    level by level in `args.clients` order, methods in `args.methods` order within a level."""
     # After start-up: first requests, caches, allocator.
     for method in args.methods:
         await load_point(url, 8, argparse.Namespace(seconds=1.0, max_requests=64), method)
@@ -326,7 +363,8 @@ async def run_server(url: str, args) -> list[dict[str, Any]]:
     for c in args.clients:
         for method in args.methods:
             waited = await settle(args.settle_timeout)
-            points.append({**await load_point(url, c, args, method), "settled_s": waited})
+            point = await load_point(url, c, args, method, lambda: session_cpu_seconds(sid))
+            points.append({**point, "settled_s": waited})
     return points
 
 
@@ -343,7 +381,9 @@ def run_passes(
             try:
                 asyncio.run(server.wait_ready(args.startup_timeout))
                 print(f"pass {i + 1}/{args.passes}: {name}", file=sys.stderr, flush=True)
-                raw[name].append(asyncio.run(run_server(server.url + specs[name].path, args)))
+                url = server.url + specs[name].path
+                # Started with start_new_session: its pid is the session of its whole cluster.
+                raw[name].append(asyncio.run(run_server(url, args, server.proc.pid)))
             finally:
                 server.stop()
     n = len(args.methods)
@@ -383,6 +423,22 @@ def goals(results: dict[str, list[dict]]) -> dict[str, Any]:
             "ratio": p99,
             "pass": all(r is not None and r < 2 for r in p99.values()),
         },
+    }
+
+
+def cpu_vs_floor(results: dict[str, list[dict]]) -> dict[str, dict[int, float | None]]:
+    """Each ganforge server's CPU per request over the floor's, per level: what ganforge's own
+    work (validation, encoding, metrics, the FastAPI app) costs on top of bare Serve."""
+    floor = {p["clients"]: p["cpu_ms_per_request"] for p in results["floor"]}
+    return {
+        name: {
+            p["clients"]: round(p["cpu_ms_per_request"] / floor[p["clients"]], 3)
+            if p["cpu_ms_per_request"] and floor.get(p["clients"])
+            else None
+            for p in points
+        }
+        for name, points in results.items()
+        if name != "floor"
     }
 
 
@@ -465,6 +521,7 @@ def main() -> None:
         },
         "results": results,
         "goals": {method: goals(r) for method, r in results.items()},
+        "cpu_per_request_vs_floor": {method: cpu_vs_floor(r) for method, r in results.items()},
     }
     text = json.dumps(report, indent=1)
     print(text)

@@ -1,0 +1,75 @@
+"""The serving benchmark's bookkeeping: CPU time of a server's session, pooled per request.
+(The load itself needs three live servers for minutes: it runs as `python -m bench.serve_load`.)"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from bench.serve_load import cpu_vs_floor, session_cpu_seconds, summarize
+
+linux_only = pytest.mark.skipif(sys.platform != "linux", reason="reads /proc")
+
+
+@linux_only
+def test_session_cpu_counts_every_process_of_the_session():
+    # A busy parent and a busy child in a session of their own, as a server and its cluster are.
+    burn = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.4: pass\n"
+    code = (
+        "import subprocess, sys\n"
+        f"child = subprocess.Popen([sys.executable, '-c', {burn!r} + 'time.sleep(30)'])\n"
+        f"exec({burn!r})\n"
+        "sys.stdout.write('busy\\n'); sys.stdout.flush(); time.sleep(30)\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code], start_new_session=True, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stdout.readline() == "busy\n"
+        deadline = time.time() + 20
+        used = session_cpu_seconds(proc.pid)
+        while used is not None and used < 0.8 and time.time() < deadline:
+            time.sleep(0.1)  # the child may still be burning its share
+            used = session_cpu_seconds(proc.pid)
+        assert used is not None and used >= 0.8, f"parent + child burnt 0.8 s, counted {used}"
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    deadline = time.time() + 10  # the orphaned child lingers until init reaps it
+    while session_cpu_seconds(proc.pid) is not None and time.time() < deadline:
+        time.sleep(0.1)
+    assert session_cpu_seconds(proc.pid) is None  # no process left in it
+
+
+def _point(clients, n_ok, seconds, cpu_s, errors=None):
+    return {
+        "clients": clients,
+        "method": "get",
+        "latencies": [0.01] * n_ok,
+        "errors": errors or {},
+        "seconds": seconds,
+        "cpu_s": cpu_s,
+        "settled_s": 0.0,
+    }
+
+
+def test_cpu_per_request_pools_passes_and_counts_errors():
+    got = summarize([_point(8, 90, 1.0, 0.5, {"503": 10}), _point(8, 100, 1.0, 0.7)])
+    assert got["cpu_ms_per_request"] == pytest.approx(1e3 * 1.2 / 200)
+    assert got["images_per_s"] == pytest.approx(95.0)
+    # One pass without a measure (not Linux): no figure rather than a wrong one.
+    assert (
+        summarize([_point(8, 10, 1.0, None), _point(8, 10, 1.0, 0.1)])["cpu_ms_per_request"] is None
+    )
+
+
+def test_cpu_vs_floor_per_server_and_level():
+    floor = [summarize([_point(1, 10, 1.0, 0.2)]), summarize([_point(32, 100, 1.0, 0.5)])]
+    app = [summarize([_point(1, 10, 1.0, 0.3)]), summarize([_point(32, 100, 1.0, None)])]
+    got = cpu_vs_floor({"floor": floor, "ganforge_batch32": app})
+    assert got == {"ganforge_batch32": {1: 1.5, 32: None}}
