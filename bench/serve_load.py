@@ -16,7 +16,8 @@ first, then floor last, ...) so drifting background load on a shared machine hit
 each point pools the requests of every pass.
 
 On Linux every point also records the CPU time of the server's whole cluster (every process of
-its session, from /proc) per answered request: steadier than images/s on a shared machine.
+its session, from /proc) per answered request, and the report compares it with the floor's: what
+ganforge's own work costs on top of bare Serve.
 
 Each level is measured with each request style of `--methods`, sent alike to every server (the
 floor ignores what it is sent): `get` is `GET /v1/generate?model=bench&count=1&format=png&seed=N`,
@@ -317,7 +318,7 @@ def summarize(points: list[dict[str, Any]]) -> dict[str, Any]:
         "p95_ms": percentile(lat, 0.95),
         "p99_ms": percentile(lat, 0.99),
         # The server's whole cluster (proxy, replica, driver, GCS, raylet, dashboard...) over
-        # the timed seconds, per answered request: steadier than images/s on a shared machine.
+        # the timed seconds, per answered request.
         "cpu_ms_per_request": round(1e3 * sum(cpu) / answered, 2)
         if answered and None not in cpu
         else None,
