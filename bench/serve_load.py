@@ -397,13 +397,15 @@ def run_passes(
     }
 
 
+def ratio(a: float | None, b: float | None) -> float | None:
+    """a / b to 3 places; None when either is missing (or zero)."""
+    return round(a / b, 3) if a and b else None
+
+
 def goals(results: dict[str, list[dict]]) -> dict[str, Any]:
     floor = {p["clients"]: p for p in results["floor"]}
     on = {p["clients"]: p for p in results["ganforge_batch32"]}
     off = {p["clients"]: p for p in results["ganforge_batch1"]}
-
-    def ratio(a: float | None, b: float | None) -> float | None:
-        return round(a / b, 3) if a and b else None
 
     tput = {c: ratio(on[c]["images_per_s"], floor[c]["images_per_s"]) for c in on}
     p99 = {c: ratio(on[c]["p99_ms"], floor[c]["p99_ms"]) for c in on}
@@ -432,13 +434,8 @@ def cpu_vs_floor(results: dict[str, list[dict]]) -> dict[str, dict[int, float | 
     work (validation, encoding, metrics, the FastAPI app) costs on top of bare Serve."""
     floor = {p["clients"]: p["cpu_ms_per_request"] for p in results["floor"]}
     return {
-        name: {
-            p["clients"]: round(p["cpu_ms_per_request"] / floor[p["clients"]], 3)
-            if p["cpu_ms_per_request"] and floor.get(p["clients"])
-            else None
-            for p in points
-        }
-        for name, points in results.items()
+        name: {p["clients"]: ratio(p["cpu_ms_per_request"], floor.get(p["clients"])) for p in pts}
+        for name, pts in results.items()
         if name != "floor"
     }
 

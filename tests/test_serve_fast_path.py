@@ -75,23 +75,24 @@ def make_app(query: bool = True) -> tuple[FastAPI, dict[str, list]]:
     return app, calls
 
 
-def post(app: FastAPI, content, content_type: str | None = "application/json"):
+def request(app: FastAPI, method: str, url: str, **kwargs) -> httpx.Response:
+    """One request to `app` in process (no server)."""
+
     async def go():
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
-            headers = {} if content_type is None else {"content-type": content_type}
-            return await client.post("/v1/go", content=content, headers=headers)
+            return await client.request(method, url, **kwargs)
 
     return asyncio.run(go())
+
+
+def post(app: FastAPI, content, content_type: str | None = "application/json"):
+    headers = {} if content_type is None else {"content-type": content_type}
+    return request(app, "POST", "/v1/go", content=content, headers=headers)
 
 
 def get(app: FastAPI, query: str, path: str = "/v1/go"):
-    async def go():
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
-            return await client.get(f"{path}?{query}")
-
-    return asyncio.run(go())
+    return request(app, "GET", f"{path}?{query}")
 
 
 def test_a_valid_json_body_is_served_by_the_handler_not_the_route():
@@ -163,16 +164,9 @@ def test_without_a_registered_handler_fastapi_serves_everything():
 def test_other_methods_and_paths_are_not_intercepted():
     app, calls = make_app(query=False)
 
-    async def go():
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
-            return (
-                await client.get("/v1/go?name=e"),  # no `from_query`: GET is not served here
-                await client.put("/v1/go", json={"name": "e"}),
-                await client.post("/v1/gone", json={"name": "e"}),
-            )
-
-    got, put, other = asyncio.run(go())
+    got = get(app, "name=e")  # no `from_query`: GET is not served here
+    put = request(app, "PUT", "/v1/go", json={"name": "e"})
+    other = request(app, "POST", "/v1/gone", json={"name": "e"})
     assert (got.status_code, put.status_code, other.status_code) == (405, 405, 404)
     assert calls["fast"] == []
 
