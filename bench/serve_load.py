@@ -48,6 +48,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ganforge.serve.schemas import AppArgs
+
 BODY = {"model": "bench", "count": 1, "format": "png"}  # one 32x32 image, base64 PNG in JSON
 METHODS = ("get", "post")
 BATCHING = {"ganforge_batch32": 32, "ganforge_batch1": 1}
@@ -137,7 +139,8 @@ class ServerSpec:
 
 
 def server_specs(ckpt: str, args) -> dict[str, ServerSpec]:
-    common = ["--num-cpus", str(args.num_cpus), *(["--gpu"] if args.gpu else [])]
+    common = ["--num-cpus", str(args.num_cpus), "--batch-wait-s", str(args.batch_wait_s)]
+    common += ["--gpu"] if args.gpu else []
     floor = [sys.executable, "-m", "bench.serve_load", "--serve-floor", "{port}"]
     specs = {"floor": ServerSpec(floor + ["--model", ckpt, *common], "/", "/")}
     for name, mbs in BATCHING.items():
@@ -156,9 +159,9 @@ def start(spec: ServerSpec, log_name: str, log_dir: Path) -> Server:
 # --- the floor server (run as a subprocess by the benchmark) ------------------------------
 
 
-def serve_floor(port: int, ckpt: str, num_cpus: float, gpu: bool) -> None:
+def serve_floor(port: int, ckpt: str, num_cpus: float, gpu: bool, batch_wait_s: float) -> None:
     """A bare Serve deployment: random z -> generator -> one float, `@serve.batch` like the
-    app (max 32 images, 10 ms wait, max_ongoing_requests 128). Blocks until Ctrl-C."""
+    app (max 32 images, the same batch wait, max_ongoing_requests 128). Blocks until Ctrl-C."""
     import ray
     import torch
     from ray import serve
@@ -175,7 +178,7 @@ def serve_floor(port: int, ckpt: str, num_cpus: float, gpu: bool) -> None:
             torch.set_num_threads(max(1, int(num_cpus)))
             self.g = load_model(ckpt, device=self.device).generator
 
-        @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.01)
+        @serve.batch(max_batch_size=32, batch_wait_timeout_s=batch_wait_s)
         async def batch(self, zs: list[torch.Tensor]) -> list[float]:
             with torch.inference_mode():
                 out = self.g(torch.cat(zs).to(self.device))
@@ -450,6 +453,12 @@ def main() -> None:
     ap.add_argument("--z-dim", type=int, default=128)
     ap.add_argument("--num-cpus", type=float, default=1.0, help="CPUs per replica")
     ap.add_argument("--gpu", action="store_true", help="replicas on one GPU each")
+    ap.add_argument(
+        "--batch-wait-s",
+        type=float,
+        default=AppArgs.model_fields["batch_wait_timeout_s"].default,
+        help="batch wait of every server alike (default: ganforge serve's)",
+    )
     ap.add_argument("--passes", type=int, default=2, help="passes over the servers (pooled)")
     ap.add_argument(
         "--methods",
@@ -470,7 +479,7 @@ def main() -> None:
     args = ap.parse_args()
     args.methods = list(dict.fromkeys(args.methods))  # a method named twice is measured once
     if args.serve_floor is not None:
-        serve_floor(args.serve_floor, args.model, args.num_cpus, args.gpu)
+        serve_floor(args.serve_floor, args.model, args.num_cpus, args.gpu, args.batch_wait_s)
         return
 
     from bench.common import environment
@@ -515,7 +524,7 @@ def main() -> None:
             "max_ongoing_requests": 128,
             # Serve modes set for every server alike (e.g. RAY_SERVE_THROUGHPUT_OPTIMIZED=1).
             "ray_serve_env": {k: v for k, v in os.environ.items() if k.startswith("RAY_SERVE_")},
-            "batch_wait_timeout_s": 0.01,
+            "batch_wait_timeout_s": args.batch_wait_s,
         },
         "results": results,
         "goals": {method: goals(r) for method, r in results.items()},

@@ -181,7 +181,7 @@ class GanforgeServer:
         log.info("models pass the probe again after: %s", self._last_error)
         self._last_error = None
 
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.01)
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.0)  # both set from AppArgs
     async def _run_batch(self, items: list[Latent]) -> list[np.ndarray | ApiError]:
         """One forward pass per model, images converted to uint8 [H, W, C] once per batch (no
         torch call is left on the request path after it). A failing model's items get an
@@ -395,7 +395,9 @@ def parse_args(args: dict[str, Any] | None) -> AppArgs:
     try:
         return AppArgs.model_validate(args or {})
     except ValidationError as e:
-        raise ValueError(format_errors(e, prefix="invalid ganforge serve arguments: ")) from None
+        raise ValueError(
+            format_errors(e, prefix="invalid ganforge serve arguments: ", whole="")
+        ) from None
 
 
 def build_app(args: dict[str, Any]) -> serve.Application:

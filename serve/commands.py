@@ -47,10 +47,18 @@ def serve_cmd(
         32, min=1, help="Most images per generator forward pass (dynamic batching)."
     ),
     batch_wait_s: float = typer.Option(
-        0.01, min=0.0, help="How long a batch waits to fill after its first request."
+        0.0,
+        min=0.0,
+        help="How long a batch waits to fill after its first request (0: take what is queued).",
     ),
     max_images_per_request: int = typer.Option(64, min=1, help="Most images per request."),
     max_upload_bytes: int = typer.Option(1_048_576, min=1024, help="Largest request body."),
+    max_ongoing_requests: int | None = typer.Option(
+        None,
+        min=1,
+        help="Requests one replica holds at once (>= --max-batch-size); default max(128, 2 x "
+        "--max-batch-size). Beyond it, requests wait in the proxy.",
+    ),
     max_queued_requests: int = typer.Option(
         256, min=-1, help="Requests queued beyond the replicas' capacity before fast 503s."
     ),
@@ -70,6 +78,7 @@ def serve_cmd(
         "max_upload_bytes": max_upload_bytes,
         "num_replicas": replicas,
         "gpu": gpu,
+        "max_ongoing_requests": max_ongoing_requests,
         "max_queued_requests": max_queued_requests,
         "num_cpus": num_cpus,
     }

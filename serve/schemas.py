@@ -28,15 +28,19 @@ class ApiError(Exception):
         self.status, self.message, self.headers = status, message, headers
 
 
-def format_errors(err: ValidationError | list[dict[str, Any]], prefix: str = "") -> str:
-    """One readable line per pydantic error: `field: message (got ...)`."""
+def format_errors(
+    err: ValidationError | list[dict[str, Any]], prefix: str = "", whole: str = "body"
+) -> str:
+    """One readable line per pydantic error: `field: message (got ...)`. An error about the
+    input as a whole (a model validator's) is named `whole`, or only its message when empty."""
     errors = err.errors() if isinstance(err, ValidationError) else err
     parts = []
     for e in errors:
-        loc = ".".join(str(p) for p in e.get("loc", ()) if p != "body") or "body"
+        loc = ".".join(str(p) for p in e.get("loc", ()) if p != "body") or whole
+        msg = e.get("msg", "invalid").removeprefix("Value error, ")
         got = e.get("input")
         shown = f" (got {got!r})" if got is not None and not isinstance(got, dict | list) else ""
-        parts.append(f"{loc}: {e.get('msg', 'invalid')}{shown}")
+        parts.append(f"{loc}: {msg}{shown}" if loc else f"{msg}{shown}")
     return prefix + "; ".join(parts)
 
 
@@ -67,8 +71,9 @@ class AppArgs(_Strict):
     """Served name -> run dir, checkpoints/ dir, checkpoint dir or weights.pt."""
     max_batch_size: int = Field(32, ge=1, le=4096)
     """Most images one generator forward pass takes (`@serve.batch`, counted in images)."""
-    batch_wait_timeout_s: float = Field(0.01, ge=0, le=10)
-    """How long a batch waits to fill after its first request."""
+    batch_wait_timeout_s: float = Field(0.0, ge=0, le=10)
+    """How long a batch waits to fill after its first request. 0: a batch takes the requests
+    queued when it starts (those that arrived during the previous forward pass) and never waits."""
     max_images_per_request: int = Field(64, ge=1, le=4096)
     """Most images one /v1/generate or /v1/score request may ask for."""
     max_upload_bytes: int = Field(1_048_576, ge=1024)

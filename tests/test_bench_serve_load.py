@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import signal
 import subprocess
@@ -11,7 +12,7 @@ import time
 
 import pytest
 
-from bench.serve_load import cpu_vs_floor, session_cpu_seconds, summarize
+from bench.serve_load import cpu_vs_floor, server_specs, session_cpu_seconds, summarize
 
 linux_only = pytest.mark.skipif(sys.platform != "linux", reason="reads /proc")
 
@@ -73,3 +74,13 @@ def test_cpu_vs_floor_per_server_and_level():
     app = [summarize([_point(1, 10, 1.0, 0.3)]), summarize([_point(32, 100, 1.0, None)])]
     got = cpu_vs_floor({"floor": floor, "ganforge_batch32": app})
     assert got == {"ganforge_batch32": {1: 1.5, 32: None}}
+
+
+def test_every_server_gets_the_same_batch_wait():
+    """The floor batches like the app: a batch wait given to one is given to all three."""
+    args = argparse.Namespace(num_cpus=1.0, batch_wait_s=0.005, gpu=False)
+    specs = server_specs("ckpt", args)
+    assert set(specs) == {"floor", "ganforge_batch32", "ganforge_batch1"}
+    for name, spec in specs.items():
+        i = spec.cmd.index("--batch-wait-s")
+        assert spec.cmd[i + 1] == "0.005", name

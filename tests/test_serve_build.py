@@ -146,6 +146,19 @@ def test_cli_refuses_bad_checkpoint_before_starting_ray(tmp_path):
     assert "model 'm'" in r.output and "no such file" in r.output
 
 
+def test_cli_passes_max_ongoing_requests_to_the_app_checks(tmp_path):
+    """The flag reaches AppArgs: a limit below one batch is refused, in plain words."""
+    from typer.testing import CliRunner
+
+    from ganforge.cli import app
+
+    cmd = ["serve", "--model", f"m={tmp_path}", "--max-batch-size", "64"]
+    r = CliRunner().invoke(app, [*cmd, "--max-ongoing-requests", "32"])
+    assert r.exit_code == 2
+    assert "invalid ganforge serve arguments: max_ongoing_requests=32 is below 64" in r.output
+    assert "body:" not in r.output and "Value error" not in r.output
+
+
 def test_probe_tells_a_broken_model_from_a_working_one(cd_run):
     pool = ModelPool({"cd": str(cd_run)})
     pool.probe()  # loaded models pass
