@@ -140,6 +140,7 @@ class ServerSpec:
 
 def server_specs(ckpt: str, args) -> dict[str, ServerSpec]:
     common = ["--num-cpus", str(args.num_cpus), "--batch-wait-s", str(args.batch_wait_s)]
+    common += ["--max-ongoing-requests", str(args.max_ongoing_requests)]
     common += ["--gpu"] if args.gpu else []
     floor = [sys.executable, "-m", "bench.serve_load", "--serve-floor", "{port}"]
     specs = {"floor": ServerSpec(floor + ["--model", ckpt, *common], "/", "/")}
@@ -159,15 +160,16 @@ def start(spec: ServerSpec, log_name: str, log_dir: Path) -> Server:
 # --- the floor server (run as a subprocess by the benchmark) ------------------------------
 
 
-def serve_floor(port: int, ckpt: str, num_cpus: float, gpu: bool, batch_wait_s: float) -> None:
+def serve_floor(port: int, ckpt: str, args) -> None:
     """A bare Serve deployment: random z -> generator -> one float, `@serve.batch` like the
-    app (max 32 images, the same batch wait, max_ongoing_requests 128). Blocks until Ctrl-C."""
+    app (max 32 images, the same batch wait and max_ongoing_requests). Blocks until Ctrl-C."""
+    num_cpus, gpu = args.num_cpus, args.gpu
     import ray
     import torch
     from ray import serve
 
     @serve.deployment(
-        max_ongoing_requests=128,
+        max_ongoing_requests=args.max_ongoing_requests,
         ray_actor_options={"num_cpus": num_cpus, "num_gpus": 1 if gpu else 0},
     )
     class Floor:
@@ -178,7 +180,7 @@ def serve_floor(port: int, ckpt: str, num_cpus: float, gpu: bool, batch_wait_s: 
             torch.set_num_threads(max(1, int(num_cpus)))
             self.g = load_model(ckpt, device=self.device).generator
 
-        @serve.batch(max_batch_size=32, batch_wait_timeout_s=batch_wait_s)
+        @serve.batch(max_batch_size=32, batch_wait_timeout_s=args.batch_wait_s)
         async def batch(self, zs: list[torch.Tensor]) -> list[float]:
             with torch.inference_mode():
                 out = self.g(torch.cat(zs).to(self.device))
@@ -459,6 +461,13 @@ def main() -> None:
         default=AppArgs.model_fields["batch_wait_timeout_s"].default,
         help="batch wait of every server alike (default: ganforge serve's)",
     )
+    ap.add_argument(
+        "--max-ongoing-requests",
+        type=int,
+        default=AppArgs(models={"bench": "-"}).ongoing_requests,
+        help="requests one replica holds, every server alike (default: ganforge serve's at "
+        "batch 32)",
+    )
     ap.add_argument("--passes", type=int, default=2, help="passes over the servers (pooled)")
     ap.add_argument(
         "--methods",
@@ -479,7 +488,7 @@ def main() -> None:
     args = ap.parse_args()
     args.methods = list(dict.fromkeys(args.methods))  # a method named twice is measured once
     if args.serve_floor is not None:
-        serve_floor(args.serve_floor, args.model, args.num_cpus, args.gpu, args.batch_wait_s)
+        serve_floor(args.serve_floor, args.model, args)
         return
 
     from bench.common import environment
@@ -521,7 +530,7 @@ def main() -> None:
             "before each point; not counted",
             "settle": "before each point, wait (at most --settle-timeout s, `settled_s` per "
             "point) until the CPUs are 80% idle, so one cluster's tail is not charged to the next",
-            "max_ongoing_requests": 128,
+            "max_ongoing_requests": args.max_ongoing_requests,
             # Serve modes set for every server alike (e.g. RAY_SERVE_THROUGHPUT_OPTIMIZED=1).
             "ray_serve_env": {k: v for k, v in os.environ.items() if k.startswith("RAY_SERVE_")},
             "batch_wait_timeout_s": args.batch_wait_s,

@@ -76,11 +76,12 @@ def test_cpu_vs_floor_per_server_and_level():
     assert got == {"ganforge_batch32": {1: 1.5, 32: None}}
 
 
-def test_every_server_gets_the_same_batch_wait():
-    """The floor batches like the app: a batch wait given to one is given to all three."""
-    args = argparse.Namespace(num_cpus=1.0, batch_wait_s=0.005, gpu=False)
+def test_every_server_gets_the_same_batching_settings():
+    """The floor batches like the app: a batch wait and a replica's request limit given to one
+    are given to all three."""
+    args = argparse.Namespace(num_cpus=1.0, batch_wait_s=0.005, max_ongoing_requests=200, gpu=False)
     specs = server_specs("ckpt", args)
     assert set(specs) == {"floor", "ganforge_batch32", "ganforge_batch1"}
     for name, spec in specs.items():
-        i = spec.cmd.index("--batch-wait-s")
-        assert spec.cmd[i + 1] == "0.005", name
+        for flag, value in (("--batch-wait-s", "0.005"), ("--max-ongoing-requests", "200")):
+            assert spec.cmd[spec.cmd.index(flag) + 1] == value, (name, flag)
