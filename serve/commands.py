@@ -56,7 +56,7 @@ def serve_cmd(
     max_ongoing_requests: int | None = typer.Option(
         None,
         min=1,
-        help="Requests one replica holds at once (>= --max-batch-size); default max(128, 2 x "
+        help="Requests one replica holds at once (>= --max-batch-size); default max(256, 2 x "
         "--max-batch-size). Beyond it, requests wait in the proxy.",
     ),
     max_queued_requests: int = typer.Option(

@@ -87,7 +87,7 @@ def test_deployment_options_follow_args(cd_run):
         }
     )
     cfg = app._bound_deployment._deployment_config
-    assert cfg.max_ongoing_requests == 128  # default max(128, 2 x max_batch_size)
+    assert cfg.max_ongoing_requests == 256  # default max(256, 2 x max_batch_size)
     assert cfg.max_queued_requests == 10
     assert cfg.autoscaling_config.max_replicas == 3
     assert cfg.backpressure_config.status_code == 503
