@@ -48,7 +48,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ganforge.serve.schemas import AppArgs
+from ganforge.serve.schemas import AppArgs, default_ongoing_requests
 
 BODY = {"model": "bench", "count": 1, "format": "png"}  # one 32x32 image, base64 PNG in JSON
 METHODS = ("get", "post")
@@ -163,21 +163,20 @@ def start(spec: ServerSpec, log_name: str, log_dir: Path) -> Server:
 def serve_floor(port: int, ckpt: str, args) -> None:
     """A bare Serve deployment: random z -> generator -> one float, `@serve.batch` like the
     app (max 32 images, the same batch wait and max_ongoing_requests). Blocks until Ctrl-C."""
-    num_cpus, gpu = args.num_cpus, args.gpu
     import ray
     import torch
     from ray import serve
 
     @serve.deployment(
         max_ongoing_requests=args.max_ongoing_requests,
-        ray_actor_options={"num_cpus": num_cpus, "num_gpus": 1 if gpu else 0},
+        ray_actor_options={"num_cpus": args.num_cpus, "num_gpus": 1 if args.gpu else 0},
     )
     class Floor:
         def __init__(self):
             from ganforge.checkpoint import load_model
 
-            self.device = "cuda" if gpu and torch.cuda.is_available() else "cpu"
-            torch.set_num_threads(max(1, int(num_cpus)))
+            self.device = "cuda" if args.gpu and torch.cuda.is_available() else "cpu"
+            torch.set_num_threads(max(1, int(args.num_cpus)))
             self.g = load_model(ckpt, device=self.device).generator
 
         @serve.batch(max_batch_size=32, batch_wait_timeout_s=args.batch_wait_s)
@@ -464,7 +463,7 @@ def main() -> None:
     ap.add_argument(
         "--max-ongoing-requests",
         type=int,
-        default=AppArgs(models={"bench": "-"}).ongoing_requests,
+        default=default_ongoing_requests(BATCHING["ganforge_batch32"]),
         help="requests one replica holds, every server alike (default: ganforge serve's at "
         "batch 32)",
     )

@@ -19,7 +19,7 @@ from ganforge.config import GanforgeConfig  # noqa: E402
 from ganforge.models import build_discriminator, build_generator  # noqa: E402
 from ganforge.serve.app import build_app, parse_args  # noqa: E402
 from ganforge.serve.model_pool import ModelPool, sample_latents  # noqa: E402
-from ganforge.serve.schemas import ApiError, GenerateRequest  # noqa: E402
+from ganforge.serve.schemas import ApiError, AppArgs, GenerateRequest  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -144,6 +144,20 @@ def test_cli_refuses_bad_checkpoint_before_starting_ray(tmp_path):
     r = CliRunner().invoke(app, ["serve", "--model", f"m={tmp_path / 'missing'}"])
     assert r.exit_code == 2
     assert "model 'm'" in r.output and "no such file" in r.output
+
+
+def test_cli_defaults_are_the_app_defaults():
+    """`ganforge serve` restates AppArgs' defaults in its options (the CLI imports no pydantic
+    model at start-up); this pins them together."""
+    from ganforge.cli import app
+
+    serve_cmd = typer.main.get_command(app).commands["serve"]
+    cli = {p.name: p.default for p in serve_cmd.params}
+    field = {"replicas": "num_replicas", "batch_wait_s": "batch_wait_timeout_s"}
+    names = ["replicas", "gpu", "max_batch_size", "batch_wait_s", "max_images_per_request"]
+    names += ["max_upload_bytes", "max_ongoing_requests", "max_queued_requests", "num_cpus"]
+    for name in names:
+        assert cli[name] == AppArgs.model_fields[field.get(name, name)].default, name
 
 
 def test_cli_passes_max_ongoing_requests_to_the_app_checks(tmp_path):
