@@ -3,9 +3,10 @@
 Prints JSON. Three servers run as subprocesses on loopback, each with its own local Ray cluster:
 `ganforge serve --max-batch-size 32`, `ganforge serve --max-batch-size 1`, and the floor, a bare
 Serve deployment that draws z, runs the same generator with the same `@serve.batch` settings and
-returns one number (no validation, no encoding, no metrics). The generator is a DCGAN-size
-checkpoint trained for one step by `ganforge train` (or `--model PATH`). This process is only an
-async aiohttp client, so that the client does not eat the cores the servers run on.
+returns one number (no validation, no encoding, no metrics; a POST's body is received, never
+parsed). The generator is a DCGAN-size checkpoint trained for one step by `ganforge train` (or
+`--model PATH`). This process is only an async aiohttp client, so that the client does not eat
+the cores the servers run on.
 
 One server runs at a time, alone on the machine as in a deployment: an idle Ray cluster beside
 it (GCS, raylet, agents, Serve controller and proxy) would take CPU from the one measured. Per
@@ -19,11 +20,13 @@ On Linux every point also records the CPU time of the server's whole cluster (ev
 its session, from /proc) per answered request, and the report compares it with the floor's: what
 ganforge's own work costs on top of bare Serve.
 
-Each level is measured with each request style of `--methods`, sent alike to every server (the
-floor ignores what it is sent): `get` is `GET /v1/generate?model=bench&count=1&format=png&seed=N`,
-`post` the same fields as a JSON body. They differ on Ray Serve: a replica pulls a POST's body
-from the proxy with one more actor call before it can start, a round trip the floor never waits
-for.
+Each level is measured with each request style of `--methods`, sent alike to every server:
+`get` is `GET /v1/generate?model=bench&count=1&format=png&seed=N`, `post` the same fields as a
+JSON body. They differ on Ray Serve: a replica pulls a POST's body from the proxy with one more
+actor call before it can start. Any POST handler pays that round trip, so the floor receives the
+body too (and never parses it). `--floor-ignores-body` gives the floor of the earlier recorded
+runs (those whose `setup` lacks `floor_receives_post_body`), which never asked for the body, so
+that Serve's body round trip counted as ganforge's overhead.
 
     python -m bench.serve_load --out bench/results/serve_load-cpu.json
     python -m bench.serve_load --seconds 2 --clients 1 8 --passes 1   # a quick check
@@ -143,6 +146,7 @@ def server_specs(ckpt: str, args) -> dict[str, ServerSpec]:
     common += ["--max-ongoing-requests", str(args.max_ongoing_requests)]
     common += ["--gpu"] if args.gpu else []
     floor = [sys.executable, "-m", "bench.serve_load", "--serve-floor", "{port}"]
+    floor += ["--floor-ignores-body"] if args.floor_ignores_body else []
     specs = {"floor": ServerSpec(floor + ["--model", ckpt, *common], "/", "/")}
     for name, mbs in BATCHING.items():
         cmd = ganforge_cmd("serve", "--model", f"bench={ckpt}", "--port", "{port}")
@@ -158,6 +162,14 @@ def start(spec: ServerSpec, log_name: str, log_dir: Path) -> Server:
 
 
 # --- the floor server (run as a subprocess by the benchmark) ------------------------------
+
+
+async def receive_post_body(request, ignore: bool = False) -> None:
+    """What the floor does with a request before generating: receive a POST's body, as any POST
+    handler must (on Ray Serve, one actor call from the replica to the proxy), and never parse
+    it. A GET has no body to wait for. `ignore`: skip it (the floor of the earlier runs)."""
+    if request.method == "POST" and not ignore:
+        await request.body()
 
 
 def serve_floor(port: int, ckpt: str, args) -> None:
@@ -186,6 +198,7 @@ def serve_floor(port: int, ckpt: str, args) -> None:
             return out.mean(dim=(1, 2, 3)).tolist()
 
         async def __call__(self, request) -> float:
+            await receive_post_body(request, ignore=args.floor_ignores_body)
             return await self.batch(torch.randn(1, self.g.z_dim))
 
     # Ray starts exactly as in `ganforge serve` (its defaults: dashboard, replica logs and
@@ -240,9 +253,9 @@ async def load_point(
     """`clients` concurrent loops, each sending its next request when the last one returns,
     for `args.seconds` or `args.max_requests` requests; the warm-up is not counted. Every
     server gets the same request (`method`: the fields as a query string or a JSON body; the
-    floor ignores them), so the HTTP path costs the same. Returns the raw latencies (s), errors,
-    elapsed seconds and, given `cpu` (the server's CPU seconds so far), the server's CPU seconds
-    over the timed part (`summarize` pools passes)."""
+    floor does not parse them), so the HTTP path costs the same. Returns the raw latencies (s),
+    errors, elapsed seconds and, given `cpu` (the server's CPU seconds so far), the server's CPU
+    seconds over the timed part (`summarize` pools passes)."""
     import aiohttp
 
     latencies: list[float] = []
@@ -467,6 +480,12 @@ def main() -> None:
         help="requests one replica holds, every server alike (default: ganforge serve's at "
         "batch 32)",
     )
+    ap.add_argument(
+        "--floor-ignores-body",
+        action="store_true",
+        help="the floor never receives a POST's body (the earlier recorded runs' method): "
+        "Serve's body round trip then counts as ganforge's overhead",
+    )
     ap.add_argument("--passes", type=int, default=2, help="passes over the servers (pooled)")
     ap.add_argument(
         "--methods",
@@ -517,7 +536,13 @@ def main() -> None:
             "servers": "one subprocess (own local Ray cluster) per system, one alive at a "
             "time, Serve HTTP on 127.0.0.1; ganforge: `ganforge serve --max-batch-size 32|1`, "
             "format=png JSON; "
-            "floor: bare deployment returning one float (gets the same request, unread); "
+            "floor: bare deployment returning one float (gets the same request; "
+            + (
+                "never receives a POST's body"
+                if args.floor_ignores_body
+                else "receives a POST's body, never parses it"
+            )
+            + "); "
             "every server starts Ray with `ray.init()` defaults, as `ganforge serve` does",
             "request": "one image per request; get: the fields as a query string, post: as a "
             "JSON body; every server gets the same requests",
@@ -533,6 +558,7 @@ def main() -> None:
             # Serve modes set for every server alike (e.g. RAY_SERVE_THROUGHPUT_OPTIMIZED=1).
             "ray_serve_env": {k: v for k, v in os.environ.items() if k.startswith("RAY_SERVE_")},
             "batch_wait_timeout_s": args.batch_wait_s,
+            "floor_receives_post_body": not args.floor_ignores_body,
         },
         "results": results,
         "goals": {method: goals(r) for method, r in results.items()},

@@ -1,9 +1,11 @@
-"""The serving benchmark's bookkeeping: CPU time of a server's session, pooled per request.
-(The load itself needs three live servers for minutes: it runs as `python -m bench.serve_load`.)"""
+"""The serving benchmark's bookkeeping: CPU time of a server's session, pooled per request; the
+servers' settings; what the floor receives. (The load itself needs three live servers for
+minutes: it runs as `python -m bench.serve_load`.)"""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import signal
 import subprocess
@@ -11,8 +13,15 @@ import sys
 import time
 
 import pytest
+from starlette.requests import Request
 
-from bench.serve_load import cpu_vs_floor, server_specs, session_cpu_seconds, summarize
+from bench.serve_load import (
+    cpu_vs_floor,
+    receive_post_body,
+    server_specs,
+    session_cpu_seconds,
+    summarize,
+)
 
 linux_only = pytest.mark.skipif(sys.platform != "linux", reason="reads /proc")
 
@@ -79,9 +88,57 @@ def test_cpu_vs_floor_per_server_and_level():
 def test_every_server_gets_the_same_batching_settings():
     """The floor batches like the app: a batch wait and a replica's request limit given to one
     are given to all three."""
-    args = argparse.Namespace(num_cpus=1.0, batch_wait_s=0.005, max_ongoing_requests=200, gpu=False)
+    args = argparse.Namespace(
+        num_cpus=1.0,
+        batch_wait_s=0.005,
+        max_ongoing_requests=200,
+        gpu=False,
+        floor_ignores_body=False,
+    )
     specs = server_specs("ckpt", args)
     assert set(specs) == {"floor", "ganforge_batch32", "ganforge_batch1"}
     for name, spec in specs.items():
         for flag, value in (("--batch-wait-s", "0.005"), ("--max-ongoing-requests", "200")):
             assert spec.cmd[spec.cmd.index(flag) + 1] == value, (name, flag)
+
+
+def test_floor_flag_reaches_only_the_floor():
+    """`--floor-ignores-body` (the earlier runs' floor) is handed to the floor server alone."""
+    args = argparse.Namespace(
+        num_cpus=1.0,
+        batch_wait_s=0.0,
+        max_ongoing_requests=256,
+        gpu=False,
+        floor_ignores_body=True,
+    )
+    specs = server_specs("ckpt", args)
+    assert [n for n, spec in specs.items() if "--floor-ignores-body" in spec.cmd] == ["floor"]
+    args.floor_ignores_body = False
+    assert not any(
+        "--floor-ignores-body" in spec.cmd for spec in server_specs("ckpt", args).values()
+    )
+
+
+def _received(method: str, ignore: bool) -> list[dict]:
+    """The ASGI messages the floor's handling asks for, given a two-chunk body."""
+    chunks = [
+        {"type": "http.request", "body": b'{"model": ', "more_body": True},
+        {"type": "http.request", "body": b'"bench"}', "more_body": False},
+    ]
+    asked: list[dict] = []
+
+    async def receive():
+        asked.append(chunks[len(asked)])
+        return asked[-1]
+
+    scope = {"type": "http", "method": method, "path": "/", "headers": [], "query_string": b""}
+    asyncio.run(receive_post_body(Request(scope, receive), ignore=ignore))
+    return asked
+
+
+def test_floor_receives_a_post_body_whole_and_nothing_for_a_get():
+    """The floor waits for a POST's body like any POST handler (on Serve: the replica's actor
+    call to the proxy), all of it; a GET asks for nothing; `ignore` restores the old floor."""
+    assert [m["more_body"] for m in _received("POST", ignore=False)] == [True, False]
+    assert _received("GET", ignore=False) == []
+    assert _received("POST", ignore=True) == []
