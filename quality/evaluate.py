@@ -180,12 +180,18 @@ def _judge_for(data_classes: list[str], s: EvalSettings) -> ClassifierExtractor 
 
 
 def evaluate_run(
-    run_dir: Path, ref: RealReference, extractor, judge, s: EvalSettings, progress: bool
+    run_dir: Path,
+    ckpts: list[tuple[int, Path]],
+    ref: RealReference,
+    extractor,
+    judge,
+    s: EvalSettings,
+    progress: bool,
 ) -> dict[str, Any]:
-    """Metrics for the chosen checkpoints of one run; also keeps the latest one's samples."""
+    """Metrics for the checkpoints `ckpts` ((step, path), from `select_checkpoints`) of one run;
+    also keeps the latest one's samples."""
     from tqdm import tqdm
 
-    ckpts = select_checkpoints(run_dir, s.checkpoint)
     rows, latest = [], None
     for step, ckpt in tqdm(ckpts, desc=f"eval {Path(run_dir).name}", disable=not progress):
         try:
@@ -252,8 +258,8 @@ def evaluate_runs(
 
     # Object-store runs are mirrored once, here; everything below reads the mirror.
     local = [mirror(r, s.checkpoint) for r in run_dirs]
-    for r in local:  # fail on a typo before minutes of feature extraction
-        select_checkpoints(r, s.checkpoint)
+    # Chosen before minutes of feature extraction, so a typo fails at once.
+    chosen = [select_checkpoints(r, s.checkpoint) for r in local]
     uris = {str(m): str(r) for r, m in zip(run_dirs, local, strict=True) if is_uri(r)}
     classes = list(read_manifest(data)["classes"])
     if s.class_name is not None and s.class_name not in classes:
@@ -261,7 +267,10 @@ def evaluate_runs(
     extractor = build_extractor(s.inception_weights, s.classifier)
     judge = _judge_for(classes, s)
     ref = build_reference(data, s, extractor, judge, progress)
-    runs = [evaluate_run(m, ref, extractor, judge, s, progress) for m in local]
+    runs = [
+        evaluate_run(m, ckpts, ref, extractor, judge, s, progress)
+        for m, ckpts in zip(local, chosen, strict=True)
+    ]
     seen: dict[str, int] = {}
     for run in runs:  # two runs named alike (a/run, b/run) must stay apart in tables and grids
         seen[run["name"]] = seen.get(run["name"], 0) + 1

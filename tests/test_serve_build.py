@@ -216,3 +216,17 @@ def test_a_seed_keeps_its_latents():
     expected = torch.empty(5, 64).normal_(generator=torch.Generator().manual_seed(11))
     got = sample_latents(5, 64, torch.Generator().manual_seed(11), None)
     assert torch.equal(got, expected)
+
+
+def test_query_numbers_are_the_request_number_fields():
+    """`GET /v1/generate` turns these query parameters into numbers; the table restates the
+    request model's numeric fields, and this pins it to them."""
+    from ganforge.serve.schemas import _QUERY_NUMBERS
+
+    kinds = {"integer": int, "number": float}
+    numbers = {}
+    for name, prop in GenerateRequest.model_json_schema(by_alias=True)["properties"].items():
+        types = {t.get("type") for t in prop.get("anyOf", [prop])} - {"null"}
+        if len(types) == 1 and types <= kinds.keys():
+            numbers[name] = kinds[types.pop()]
+    assert numbers == _QUERY_NUMBERS
