@@ -85,17 +85,22 @@ def test_cpu_vs_floor_per_server_and_level():
     assert got == {"ganforge_batch32": {1: 1.5, 32: None}}
 
 
-def test_every_server_gets_the_same_batching_settings():
-    """The floor batches like the app: a batch wait and a replica's request limit given to one
-    are given to all three."""
-    args = argparse.Namespace(
+def _bench_args(**overrides) -> argparse.Namespace:
+    """The options `server_specs` reads, at the benchmark's defaults unless overridden."""
+    defaults = dict(
         num_cpus=1.0,
-        batch_wait_s=0.005,
-        max_ongoing_requests=200,
+        batch_wait_s=0.0,
+        max_ongoing_requests=256,
         gpu=False,
         floor_ignores_body=False,
     )
-    specs = server_specs("ckpt", args)
+    return argparse.Namespace(**{**defaults, **overrides})
+
+
+def test_every_server_gets_the_same_batching_settings():
+    """The floor batches like the app: a batch wait and a replica's request limit given to one
+    are given to all three."""
+    specs = server_specs("ckpt", _bench_args(batch_wait_s=0.005, max_ongoing_requests=200))
     assert set(specs) == {"floor", "ganforge_batch32", "ganforge_batch1"}
     for name, spec in specs.items():
         for flag, value in (("--batch-wait-s", "0.005"), ("--max-ongoing-requests", "200")):
@@ -104,19 +109,10 @@ def test_every_server_gets_the_same_batching_settings():
 
 def test_floor_flag_reaches_only_the_floor():
     """`--floor-ignores-body` (the earlier runs' floor) is handed to the floor server alone."""
-    args = argparse.Namespace(
-        num_cpus=1.0,
-        batch_wait_s=0.0,
-        max_ongoing_requests=256,
-        gpu=False,
-        floor_ignores_body=True,
-    )
-    specs = server_specs("ckpt", args)
+    specs = server_specs("ckpt", _bench_args(floor_ignores_body=True))
     assert [n for n, spec in specs.items() if "--floor-ignores-body" in spec.cmd] == ["floor"]
-    args.floor_ignores_body = False
-    assert not any(
-        "--floor-ignores-body" in spec.cmd for spec in server_specs("ckpt", args).values()
-    )
+    specs = server_specs("ckpt", _bench_args())
+    assert not any("--floor-ignores-body" in spec.cmd for spec in specs.values())
 
 
 def _received(method: str, ignore: bool) -> list[dict]:
