@@ -18,7 +18,9 @@ each point pools the requests of every pass.
 
 On Linux every point also records the CPU time of the server's whole cluster (every process of
 its session, from /proc) per answered request, and the report compares it with the floor's: what
-ganforge's own work costs on top of bare Serve.
+ganforge's own work costs on top of bare Serve. Last, with the servers gone, the generator alone
+is timed in this process (`generator_ms_per_image` at batch 1 and 32): the share of a request
+that batching can make cheaper.
 
 Each level is measured with each request style of `--methods`, sent alike to every server:
 `get` is `GET /v1/generate?model=bench&count=1&format=png&seed=N`, `post` the same fields as a
@@ -414,6 +416,54 @@ def run_passes(
     }
 
 
+def best_ms_per_call(run: Callable[[], None], seconds: float, windows: int = 3) -> float:
+    """`run`'s time per call in ms: the best of `windows` timed windows after one warm-up call
+    (the best, because a shared machine only ever adds time)."""
+    run()
+    best = float("inf")
+    for _ in range(windows):
+        calls, t0 = 0, time.perf_counter()
+        while calls == 0 or time.perf_counter() - t0 < seconds / windows:
+            run()
+            calls += 1
+        best = min(best, (time.perf_counter() - t0) / calls)
+    return best * 1e3
+
+
+def generator_ms_per_image(
+    ckpt: str, batch_sizes: tuple[int, ...], threads: int, gpu: bool = False, seconds: float = 1.5
+) -> dict[str, float]:
+    """The generator alone, in this process, with a replica's torch threads: ms per image at each
+    batch size. Next to `cpu_ms_per_request`, it says how much of a request batching can save:
+    only the generator's share gets cheaper per image."""
+    import torch
+
+    from ganforge.checkpoint import load_model
+
+    device = "cuda" if gpu and torch.cuda.is_available() else "cpu"
+    g = load_model(ckpt, device=device).generator.eval()
+    threads_before = torch.get_num_threads()
+    torch.set_num_threads(max(1, threads))
+    out = {}
+    try:
+        with torch.inference_mode():
+            for n in batch_sizes:
+                z = torch.randn(n, g.z_dim, device=device)
+                labels = (
+                    torch.randint(g.num_classes, (n,), device=device) if g.num_classes else None
+                )
+
+                def run(z=z, labels=labels) -> None:
+                    g(z, labels)
+                    if device == "cuda":
+                        torch.cuda.synchronize()
+
+                out[str(n)] = round(best_ms_per_call(run, seconds) / n, 3)
+    finally:
+        torch.set_num_threads(threads_before)
+    return out
+
+
 def ratio(a: float | None, b: float | None) -> float | None:
     """a / b to 3 places; None when either is missing (or zero)."""
     return round(a / b, 3) if a and b else None
@@ -521,6 +571,9 @@ def main() -> None:
             ckpt = str(train_checkpoint(tmp, args.width, args.z_dim, log))
     try:
         results = run_passes(server_specs(ckpt, args), args, tmp)
+        # After the servers are gone, so it too runs alone on the machine.
+        sizes = (1, BATCHING["ganforge_batch32"])
+        generator = generator_ms_per_image(ckpt, sizes, int(args.num_cpus), args.gpu)
     finally:
         if args.model is None:
             shutil.rmtree(tmp / "run", ignore_errors=True)  # keep only the logs
@@ -559,8 +612,11 @@ def main() -> None:
             "ray_serve_env": {k: v for k, v in os.environ.items() if k.startswith("RAY_SERVE_")},
             "batch_wait_timeout_s": args.batch_wait_s,
             "floor_receives_post_body": not args.floor_ignores_body,
+            "generator_alone": "the generator timed in the benchmark process after the "
+            "servers stopped, with a replica's torch threads; best of three windows",
         },
         "results": results,
+        "generator_ms_per_image": generator,
         "goals": {method: goals(r) for method, r in results.items()},
         "cpu_per_request_vs_floor": {method: cpu_vs_floor(r) for method, r in results.items()},
     }

@@ -1,6 +1,6 @@
 """The serving benchmark's bookkeeping: CPU time of a server's session, pooled per request; the
-servers' settings; what the floor receives. (The load itself needs three live servers for
-minutes: it runs as `python -m bench.serve_load`.)"""
+servers' settings; what the floor receives; the generator timed alone. (The load itself needs
+three live servers for minutes: it runs as `python -m bench.serve_load`.)"""
 
 from __future__ import annotations
 
@@ -11,17 +11,24 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
+import torch
 from starlette.requests import Request
 
 from bench.serve_load import (
+    best_ms_per_call,
     cpu_vs_floor,
+    generator_ms_per_image,
     receive_post_body,
     server_specs,
     session_cpu_seconds,
     summarize,
 )
+
+sys.path.insert(0, str(Path(__file__).parent))
+from serve_helpers import CLASSES, make_checkpoint  # noqa: E402
 
 linux_only = pytest.mark.skipif(sys.platform != "linux", reason="reads /proc")
 
@@ -138,3 +145,26 @@ def test_floor_receives_a_post_body_whole_and_nothing_for_a_get():
     assert [m["more_body"] for m in _received("POST", ignore=False)] == [True, False]
     assert _received("GET", ignore=False) == []
     assert _received("POST", ignore=True) == []
+
+
+def test_best_ms_per_call_is_the_fastest_window():
+    """Per-call time of the best window, in ms; the warm-up call is not timed."""
+    delays = iter([0.05] + [0.02] * 100)  # a slow first (warm-up) call, then 20 ms calls
+
+    def run():
+        time.sleep(next(delays))
+
+    ms = best_ms_per_call(run, seconds=0.12, windows=2)
+    assert 20 <= ms < 40
+
+
+@pytest.mark.parametrize("variant,classes", [("dcgan", None), ("cdcgan", CLASSES)])
+def test_generator_timing_per_image_for_each_batch_size(tmp_path, variant, classes):
+    """The generator alone, unconditional or conditional (random labels), per image at each
+    batch size; the process's torch threads are left as they were."""
+    make_checkpoint(tmp_path, variant, classes=classes)
+    threads = torch.get_num_threads()
+    got = generator_ms_per_image(str(tmp_path), (1, 4), threads=1, seconds=0.1)
+    assert set(got) == {"1", "4"}
+    assert all(0 < ms < 1000 for ms in got.values())
+    assert torch.get_num_threads() == threads
