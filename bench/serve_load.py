@@ -166,6 +166,14 @@ def start(spec: ServerSpec, log_name: str, log_dir: Path) -> Server:
 # --- the floor server (run as a subprocess by the benchmark) ------------------------------
 
 
+def torch_device(gpu: bool) -> str:
+    """Where the floor and the generator timing run: `--gpu` means CUDA when there is one, as in
+    `ganforge serve`."""
+    import torch
+
+    return "cuda" if gpu and torch.cuda.is_available() else "cpu"
+
+
 async def receive_post_body(request, ignore: bool = False) -> None:
     """What the floor does with a request before generating: receive a POST's body, as any POST
     handler must (on Ray Serve, one actor call from the replica to the proxy), and never parse
@@ -189,7 +197,7 @@ def serve_floor(port: int, ckpt: str, args) -> None:
         def __init__(self):
             from ganforge.checkpoint import load_model
 
-            self.device = "cuda" if args.gpu and torch.cuda.is_available() else "cpu"
+            self.device = torch_device(args.gpu)
             torch.set_num_threads(max(1, int(args.num_cpus)))
             self.g = load_model(ckpt, device=self.device).generator
 
@@ -416,51 +424,33 @@ def run_passes(
     }
 
 
-def best_ms_per_call(run: Callable[[], None], seconds: float, windows: int = 3) -> float:
-    """`run`'s time per call in ms: the best of `windows` timed windows after one warm-up call
-    (the best, because a shared machine only ever adds time)."""
-    run()
-    best = float("inf")
-    for _ in range(windows):
-        calls, t0 = 0, time.perf_counter()
-        while calls == 0 or time.perf_counter() - t0 < seconds / windows:
-            run()
-            calls += 1
-        best = min(best, (time.perf_counter() - t0) / calls)
-    return best * 1e3
-
-
 def generator_ms_per_image(
     ckpt: str, batch_sizes: tuple[int, ...], threads: int, gpu: bool = False, seconds: float = 1.5
 ) -> dict[str, float]:
     """The generator alone, in this process, with a replica's torch threads: ms per image at each
-    batch size. Next to `cpu_ms_per_request`, it says how much of a request batching can save:
-    only the generator's share gets cheaper per image."""
+    batch size, from the fastest block of `torch.utils.benchmark`'s `blocked_autorange` (the
+    fastest, because a shared machine only ever adds time). Next to `cpu_ms_per_request`, it
+    says how much of a request batching can save: only the generator's share gets cheaper per
+    image."""
     import torch
+    from torch.utils.benchmark import Timer
 
     from ganforge.checkpoint import load_model
 
-    device = "cuda" if gpu and torch.cuda.is_available() else "cpu"
+    device = torch_device(gpu)
     g = load_model(ckpt, device=device).generator.eval()
-    threads_before = torch.get_num_threads()
-    torch.set_num_threads(max(1, threads))
     out = {}
-    try:
-        with torch.inference_mode():
-            for n in batch_sizes:
-                z = torch.randn(n, g.z_dim, device=device)
-                labels = (
-                    torch.randint(g.num_classes, (n,), device=device) if g.num_classes else None
-                )
-
-                def run(z=z, labels=labels) -> None:
-                    g(z, labels)
-                    if device == "cuda":
-                        torch.cuda.synchronize()
-
-                out[str(n)] = round(best_ms_per_call(run, seconds) / n, 3)
-    finally:
-        torch.set_num_threads(threads_before)
+    with torch.inference_mode():
+        for n in batch_sizes:
+            z = torch.randn(n, g.z_dim, device=device)
+            labels = torch.randint(g.num_classes, (n,), device=device) if g.num_classes else None
+            timer = Timer(
+                "g(z, labels)",
+                globals={"g": g, "z": z, "labels": labels},
+                num_threads=max(1, threads),
+            )
+            best_s = min(timer.blocked_autorange(min_run_time=seconds).times)
+            out[str(n)] = round(best_s * 1e3 / n, 3)
     return out
 
 
@@ -613,7 +603,8 @@ def main() -> None:
             "batch_wait_timeout_s": args.batch_wait_s,
             "floor_receives_post_body": not args.floor_ignores_body,
             "generator_alone": "the generator timed in the benchmark process after the "
-            "servers stopped, with a replica's torch threads; best of three windows",
+            "servers stopped, with a replica's torch threads; fastest block of "
+            "torch.utils.benchmark's blocked_autorange",
         },
         "results": results,
         "generator_ms_per_image": generator,

@@ -18,7 +18,6 @@ import torch
 from starlette.requests import Request
 
 from bench.serve_load import (
-    best_ms_per_call,
     cpu_vs_floor,
     generator_ms_per_image,
     receive_post_body,
@@ -145,17 +144,6 @@ def test_floor_receives_a_post_body_whole_and_nothing_for_a_get():
     assert [m["more_body"] for m in _received("POST", ignore=False)] == [True, False]
     assert _received("GET", ignore=False) == []
     assert _received("POST", ignore=True) == []
-
-
-def test_best_ms_per_call_is_the_fastest_window():
-    """Per-call time of the best window, in ms; the warm-up call is not timed."""
-    delays = iter([0.05] + [0.02] * 100)  # a slow first (warm-up) call, then 20 ms calls
-
-    def run():
-        time.sleep(next(delays))
-
-    ms = best_ms_per_call(run, seconds=0.12, windows=2)
-    assert 20 <= ms < 40
 
 
 @pytest.mark.parametrize("variant,classes", [("dcgan", None), ("cdcgan", CLASSES)])
