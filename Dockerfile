@@ -25,6 +25,7 @@ RUN pip install --no-cache-dir --index-url "${TORCH_INDEX}" "torch==${TORCH_VERS
 
 COPY --chown=1000:100 pyproject.toml README.md ./
 COPY --chown=1000:100 ganforge ganforge
+COPY --chown=1000:100 data data
 COPY --chown=1000:100 configs configs
 COPY --chown=1000:100 models models
 COPY --chown=1000:100 kernels kernels

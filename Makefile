@@ -1,6 +1,6 @@
 # ganforge developer entry points. Everything runs inside a virtual environment ($(VENV)).
 #   make demo   - set up, then train the demo GAN on the embedded CIFAR-10 subset (CPU, minutes)
-#   make test   - set up, then lint (ruff) and run the whole test suite
+#   make test   - set up, then lint (ruff, import contracts) and run the whole test suite
 # GPU machines: make install TORCH_INDEX=https://download.pytorch.org/whl/cu128
 VENV ?= .venv
 PYTHON ?= python3
@@ -27,6 +27,7 @@ demo: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/python scripts/lint_imports.py
 
 # pytest exit code 5 (no tests collected) fails the target like any other failure.
 test: lint

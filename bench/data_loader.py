@@ -67,8 +67,9 @@ def baseline(root: Path, workers: int, batch: int) -> float:
 
 
 def shards(out: Path, workers: int, batch: int) -> float:
-    from ganforge.cluster.data import build_loader, resolve_data
     from ganforge.config import DataConfig
+    from ganforge.data.loader import build_loader
+    from ganforge.data.resolve import resolve_data
 
     cfg = DataConfig(urls=str(out), resample=False, num_workers=workers, shuffle_buffer=1000)
     urls, _ = resolve_data(cfg)

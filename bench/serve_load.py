@@ -195,7 +195,7 @@ def serve_floor(port: int, ckpt: str, args) -> None:
     )
     class Floor:
         def __init__(self):
-            from ganforge.checkpoint import load_model
+            from ganforge.models import load_model
 
             self.device = torch_device(args.gpu)
             torch.set_num_threads(max(1, int(args.num_cpus)))
@@ -435,7 +435,7 @@ def generator_ms_per_image(
     import torch
     from torch.utils.benchmark import Timer
 
-    from ganforge.checkpoint import load_model
+    from ganforge.models import load_model
 
     device = torch_device(gpu)
     g = load_model(ckpt, device=device).generator.eval()

@@ -55,7 +55,7 @@ def plain_pytorch(
     cfg: GanforgeConfig, urls: list[str], warmup: int, mode: str = "eager", device: str = "cpu"
 ) -> float:
     """The reference: same models/losses/penalty, torch optimizers, no Ray, no DeepSpeed."""
-    from ganforge.cluster.data import build_loader
+    from ganforge.data.loader import build_loader
     from ganforge.kernels import gradient_penalty
     from ganforge.models import build_discriminator, build_generator, get_variant
     from ganforge.models.losses import d_loss, g_loss
@@ -183,7 +183,7 @@ def main() -> None:
 
     import ray
 
-    from ganforge.cluster.data import resolve_data
+    from ganforge.data.resolve import resolve_data
 
     gpus = 1 if args.device.startswith("cuda") else 0
     ray.init(num_cpus=args.threads, num_gpus=gpus, logging_level="ERROR", log_to_driver=False)

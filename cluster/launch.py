@@ -17,7 +17,8 @@ from typing import Any
 import yaml
 
 from ganforge.checkpoint import CheckpointError, checkpoint_root, list_checkpoints, read_marker
-from ganforge.config import ConfigError, GanforgeConfig
+from ganforge.config import ConfigError, GanforgeConfig, ModelConfig
+from ganforge.models import check_recipe, get_variant
 from ganforge.storage import RemoteRun, StorageError, is_uri
 
 
@@ -64,10 +65,30 @@ def _check_run_dir(cfg: GanforgeConfig, run_dir: Path) -> None:
         )
 
 
+def check_compatible(manifest: dict[str, Any], model_cfg: ModelConfig) -> None:
+    """ValueError when the shards cannot feed this model (size, channels, class count)."""
+    problems = []
+    if manifest["image_size"] != model_cfg.resolution:
+        problems.append(
+            f"images are {manifest['image_size']}x{manifest['image_size']} but "
+            f"model.resolution={model_cfg.resolution} (repack with --image-size "
+            f"{model_cfg.resolution})"
+        )
+    if manifest["channels"] != model_cfg.channels:
+        problems.append(
+            f"images have {manifest['channels']} channel(s) but model.channels="
+            f"{model_cfg.channels} (repack with --channels {model_cfg.channels})"
+        )
+    n = len(manifest["classes"])
+    if get_variant(model_cfg.variant).conditional and model_cfg.num_classes not in (0, n):
+        problems.append(f"model.num_classes={model_cfg.num_classes} but the data has {n} classes")
+    if problems:
+        raise ValueError("data and model disagree: " + "; ".join(problems))
+
+
 def prepare_run(cfg: GanforgeConfig, resume: bool | None = None) -> PreparedRun:
     """Resolve data and classes, check model/data/run-dir compatibility, write config.yaml."""
-    from ganforge.cluster.data import check_compatible, resolve_data
-    from ganforge.models import check_recipe, get_variant
+    from ganforge.data.resolve import resolve_data
 
     try:
         spec = get_variant(cfg.model.variant)

@@ -163,9 +163,9 @@ def train_func(loop_cfg: dict[str, Any]) -> None:
     import ray.train.torch
 
     from ganforge.cluster.checkpointing import find_resume_point, restore
-    from ganforge.cluster.data import build_loader
     from ganforge.cluster.engines import GANEngines
     from ganforge.cluster.run_logging import RunLogger
+    from ganforge.data.loader import build_loader
     from ganforge.storage import RemoteRun
 
     _quiet_ray_train_reports()

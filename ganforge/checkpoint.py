@@ -17,7 +17,6 @@ import json
 import logging
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -127,25 +126,6 @@ def checkpoint_root(run_dir: Path) -> Path:
     return Path(run_dir) / "checkpoints"
 
 
-@dataclass
-class LoadedModel:
-    """A trained generator (EMA weights) and its critic, ready for inference on CPU."""
-
-    config: GanforgeConfig
-    meta: dict[str, Any]
-    generator: torch.nn.Module
-    discriminator: torch.nn.Module
-    path: Path
-
-    @property
-    def classes(self) -> list[str]:
-        return list(self.meta.get("classes") or [])
-
-    @property
-    def conditional(self) -> bool:
-        return getattr(self.generator, "num_classes", 0) > 0
-
-
 def resolve_checkpoint(path: str | Path) -> Path:
     """The newest servable checkpoint (its weights.pt verified) of a run dir, a checkpoints/ dir,
     a checkpoint dir or its weights.pt file; any of these may be an object-store URI."""
@@ -171,36 +151,6 @@ def resolve_checkpoint(path: str | Path) -> Path:
             if best is not None:
                 return best
     raise CheckpointError(f"{path}: no valid ganforge checkpoint found (looked in {p})")
-
-
-def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
-    """Load the EMA generator and discriminator of a checkpoint, validated against its config.
-
-    Uses `torch.load(weights_only=True)`; a corrupt file or a state dict that does not match the
-    architecture in the checkpoint's own config raises `CheckpointError` with the reason.
-    """
-    from ganforge.models import build_discriminator, build_generator
-
-    root = resolve_checkpoint(path)
-    meta = verify(root, only={WEIGHTS})
-    cfg = GanforgeConfig.model_validate(meta["config"])
-    cfg.model.kernels = "auto"
-    try:
-        state = torch.load(root / WEIGHTS, map_location=device, weights_only=True)
-    except Exception as e:  # torch raises several types for truncated/garbled files
-        raise CheckpointError(f"{root / WEIGHTS}: cannot be read ({e})") from None
-    g, d = build_generator(cfg.model), build_discriminator(cfg.model)
-    for name, module, key in (
-        ("generator", g, "generator_ema"),
-        ("discriminator", d, "discriminator"),
-    ):
-        try:
-            module.load_state_dict(state[key])
-        except (KeyError, RuntimeError) as e:
-            raise CheckpointError(f"{root}: {name} weights do not match the config ({e})") from None
-    g.to(device).eval()
-    d.to(device).eval()
-    return LoadedModel(cfg, meta, g, d, root)
 
 
 def write_weights(

@@ -10,5 +10,14 @@ from ganforge.models.registry import (
     check_recipe,
     get_variant,
 )
+from ganforge.models.loading import LoadedModel, load_model
 
-__all__ = ["VARIANTS", "build_discriminator", "build_generator", "check_recipe", "get_variant"]
+__all__ = [
+    "VARIANTS",
+    "LoadedModel",
+    "build_discriminator",
+    "build_generator",
+    "check_recipe",
+    "get_variant",
+    "load_model",
+]

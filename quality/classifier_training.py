@@ -16,8 +16,8 @@ from pathlib import Path
 import torch
 from torch.nn import functional as F
 
+from ganforge.data.memory import load_real
 from ganforge.quality.classifier import CifarClassifier
-from ganforge.quality.real_images import load_real
 
 
 def augment(x: torch.Tensor, gen: torch.Generator, pad: int = 4) -> torch.Tensor:

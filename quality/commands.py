@@ -31,8 +31,8 @@ def train_classifier_cmd(
     seed: int = typer.Option(0, "--seed", help="Seed for weights, order and augmentation."),
 ) -> None:
     """Train the CIFAR-style classifier used as the default feature extractor and judge."""
+    from ganforge.data import DataError
     from ganforge.quality.classifier_training import train_classifier
-    from ganforge.quality.real_images import DataError
 
     try:
         side = train_classifier(
@@ -87,9 +87,10 @@ def eval_cmd(
     seed: int = typer.Option(0, "--seed", help="Seed for noise, subsets and grids."),
 ) -> None:
     """Compare runs: FID, KID, precision/recall, classifier score, image statistics, grids."""
-    from ganforge.quality.evaluate import EvalError, EvalSettings, evaluate_runs
+    from ganforge.data import DataError
+    from ganforge.quality.compare import evaluate_runs
+    from ganforge.quality.evaluate import EvalError, EvalSettings
     from ganforge.quality.features import ExtractorError
-    from ganforge.quality.real_images import DataError
 
     s = EvalSettings(
         num_samples=num_samples,
@@ -179,9 +180,9 @@ def study_cmd(
         typer.echo(f"error: training is not available ({e})", err=True)
         raise typer.Exit(2) from None
     from ganforge.config import ConfigError, parse_override
+    from ganforge.data import DataError
     from ganforge.quality.evaluate import EvalError, EvalSettings
     from ganforge.quality.features import ExtractorError
-    from ganforge.quality.real_images import DataError
     from ganforge.quality.study import run_study
 
     s = EvalSettings(

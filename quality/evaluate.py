@@ -14,12 +14,13 @@ from typing import Any
 
 import torch
 
-from ganforge.checkpoint import CheckpointError, list_checkpoints, load_model, read_marker
+from ganforge.checkpoint import CheckpointError, list_checkpoints, read_marker
+from ganforge.data.memory import RealImages, load_real
 from ganforge.images import to_uint8
+from ganforge.models import load_model
 from ganforge.quality import metrics as M
 from ganforge.quality.features import ClassifierExtractor, build_classifier_extractor, extract
 from ganforge.quality.image_stats import image_stats
-from ganforge.quality.real_images import RealImages, load_real
 from ganforge.storage import RemoteRun, StorageError, is_uri
 
 
@@ -170,7 +171,7 @@ def score_images(
     return out
 
 
-def _judge_for(data_classes: list[str], s: EvalSettings) -> ClassifierExtractor | None:
+def judge_for(data_classes: list[str], s: EvalSettings) -> ClassifierExtractor | None:
     """The domain classifier judges class-wise metrics only if it knows these exact classes."""
     try:
         judge = build_classifier_extractor(s.classifier)
@@ -239,63 +240,3 @@ def write_run_metrics(run: dict[str, Any], extractor_name: str, s: EvalSettings)
     body.pop("checkpoint", None)
     out.write_text(json.dumps(body, indent=1))
     return out
-
-
-def evaluate_runs(
-    run_dirs: list[str | Path],
-    data: str | Path,
-    out: str | Path,
-    s: EvalSettings,
-    progress: bool = True,
-    extra: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """Evaluate runs against `data` and write the report into `out`; returns metrics.json's body.
-
-    `extra` is merged into metrics.json (the study records its budget there)."""
-    from ganforge.quality.features import build_extractor
-    from ganforge.quality.real_images import read_manifest
-    from ganforge.quality.report import write_report
-
-    # Object-store runs are mirrored once, here; everything below reads the mirror.
-    local = [mirror(r, s.checkpoint) for r in run_dirs]
-    # Chosen before minutes of feature extraction, so a typo fails at once.
-    chosen = [select_checkpoints(r, s.checkpoint) for r in local]
-    uris = {str(m): str(r) for r, m in zip(run_dirs, local, strict=True) if is_uri(r)}
-    classes = list(read_manifest(data)["classes"])
-    if s.class_name is not None and s.class_name not in classes:
-        raise EvalError(f"unknown class {s.class_name!r}; the dataset has: {', '.join(classes)}")
-    extractor = build_extractor(s.inception_weights, s.classifier)
-    judge = _judge_for(classes, s)
-    ref = build_reference(data, s, extractor, judge, progress)
-    runs = [
-        evaluate_run(m, ckpts, ref, extractor, judge, s, progress)
-        for m, ckpts in zip(local, chosen, strict=True)
-    ]
-    seen: dict[str, int] = {}
-    for run in runs:  # two runs named alike (a/run, b/run) must stay apart in tables and grids
-        seen[run["name"]] = seen.get(run["name"], 0) + 1
-        if seen[run["name"]] > 1:
-            run["name"] = f"{run['name']}-{seen[run['name']]}"
-    for run in runs:
-        written = write_run_metrics(run, extractor.name, s)
-        if written and run["run_dir"] in uris:  # an object-store run: the server reads it there
-            RemoteRun(uris[run["run_dir"]]).push("quality/metrics.json")
-            run["run_dir"] = uris[run["run_dir"]]
-    body = {
-        "extractor": extractor.name,
-        "judge": judge.name if judge is not None else None,
-        "settings": asdict(s),
-        "data": str(data),
-        "classes": classes,
-        "real": {
-            "split": s.real_split,
-            "num_images": len(ref.data.images),
-            "stats": ref.stats,
-            "classifier_score": M.classifier_score(ref.probs)[0] if ref.probs is not None else None,
-            "precision_recall_images": len(ref.pr_features),
-        },
-        "runs": [{k: v for k, v in run.items() if not k.startswith("_")} for run in runs],
-        **(extra or {}),
-    }
-    write_report(Path(out), body, runs, ref, judge, s)
-    return body

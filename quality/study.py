@@ -102,7 +102,8 @@ def run_study(
 ) -> dict:
     """Train (or reuse) each variant's run under OUT/runs/<variant>, then write OUT/report."""
     from ganforge.cluster.launch import run_training
-    from ganforge.quality.evaluate import EvalSettings, evaluate_runs
+    from ganforge.quality.compare import evaluate_runs
+    from ganforge.quality.evaluate import EvalSettings
 
     out = Path(out)
     plans, configs = plan(

@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Rebuild the embedded demo data with ganforge's own commands:
-#   ganforge/demo_data/cifar10-demo.tar.gz = the first 500 train and 100 test images of every
+#   data/demo_data/cifar10-demo.tar.gz = the first 500 train and 100 test images of every
 #   CIFAR-10 class, original 32x32 JPEG bytes, reproducible archive (same input -> same bytes).
 # Usage: scripts/make_demo_data.sh [SOURCE_ARCHIVE]   (default: ../shared/datasets/cifar10-jpg.tar.gz)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SRC="${1:-/work/shared/datasets/cifar10-jpg.tar.gz}"
-OUT=ganforge/demo_data/cifar10-demo.tar.gz
+OUT=data/demo_data/cifar10-demo.tar.gz
 GANFORGE="${GANFORGE:-.venv/bin/ganforge}"
 [ -x "$GANFORGE" ] || GANFORGE=ganforge
 rm -f "$OUT"

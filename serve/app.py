@@ -406,7 +406,8 @@ def build_app(args: dict[str, Any]) -> serve.Application:
     Validates the arguments and (unless `validate_on_build: false`) loads every checkpoint once,
     so a corrupt or mismatched one fails here with `CheckpointError` naming the model.
     """
-    from ganforge.checkpoint import CheckpointError, load_model
+    from ganforge.checkpoint import CheckpointError
+    from ganforge.models import load_model
 
     a = parse_args(args)
     if a.validate_on_build:

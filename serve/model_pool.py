@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from ganforge.checkpoint import LoadedModel, load_model
+from ganforge.models import LoadedModel, load_model
 from ganforge.serve.schemas import ApiError, GenerateRequest, ModelInfo
 
 log = logging.getLogger("ganforge.serve")

@@ -61,6 +61,23 @@ def make_shards(root: Path, per_class: dict[str, int], seed: int = 0, shard_size
     return root
 
 
+def pack_shards(root: Path, per_class: dict[str, int], encoding: str, seed: int = 0) -> Path:
+    """The synthetic images as class folders (`SRC/<split>/<class>/*.png`), packed by the real
+    `ganforge data pack` code with `encoding` (raw, png, jpg or keep) into `root`."""
+    from ganforge.data.pack import PackOptions, pack
+
+    src = root.parent / f"{root.name}-source"
+    rng = np.random.default_rng(seed)
+    for split, n in per_class.items():
+        for c, name in enumerate(CLASSES):
+            folder = src / split / name
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                Image.fromarray(synthetic_image(c, rng)).save(folder / f"{i:04d}.png")
+    pack(src, root, PackOptions(shard_size=50, encoding=encoding, progress=False))
+    return root
+
+
 def train_tiny_classifier(shards: Path, out: Path) -> dict:
     from ganforge.quality.classifier_training import train_classifier
 

@@ -1,4 +1,4 @@
-"""`ganforge.cluster.data`: URL resolution and the WebDataset loader, on real shards.
+"""`ganforge.data.resolve` + `ganforge.data.loader`: URL resolution and the WebDataset loader.
 
 Real DataLoader worker processes, a real HTTP server and a real `pipe:` command; ranks are
 simulated by building one loader per rank (what each Ray Train worker does).
@@ -19,9 +19,11 @@ import numpy as np
 import pytest
 import torch
 
-from ganforge.cluster.data import build_loader, check_compatible, resolve_data
+from ganforge.cluster.launch import check_compatible
 from ganforge.config import DataConfig, ModelConfig
+from ganforge.data.loader import build_loader
 from ganforge.data.pack import PackOptions, pack
+from ganforge.data.resolve import resolve_data
 
 
 def make_shards(root: Path, n: int, shard_size: int, encoding: str = "raw") -> Path:

@@ -22,7 +22,8 @@ import boto3  # installed with moto[server] (the dev extra)
 import pytest
 import torch
 
-from ganforge.checkpoint import CheckpointError, load_model
+from ganforge.checkpoint import CheckpointError
+from ganforge.models import load_model
 from ganforge.quality.evaluate import select_checkpoints
 from ganforge.storage import RemoteRun, mirror_path
 from tests.train_helpers import pack

@@ -9,7 +9,13 @@ from scipy import ndimage
 
 from ganforge.quality import metrics as M
 from ganforge.quality.image_stats import image_stats, wavelet_noise_sigma
-from tests.quality_helpers import CLASSES, make_shards, synthetic_image, train_tiny_classifier
+from tests.quality_helpers import (
+    CLASSES,
+    make_shards,
+    pack_shards,
+    synthetic_image,
+    train_tiny_classifier,
+)
 
 
 def gaussian(n: int, d: int = 16, shift: float = 0.0, seed: int = 0) -> torch.Tensor:
@@ -118,8 +124,8 @@ def tiny(tmp_path_factory):
 
 
 def test_tiny_classifier_and_extractor_on_real_images(tiny):
+    from ganforge.data.memory import load_real
     from ganforge.quality.features import build_classifier_extractor, extract
-    from ganforge.quality.real_images import load_real
 
     shards, clf, side = tiny
     assert side["classes"] == CLASSES and side["test_accuracy"] > 0.9
@@ -139,7 +145,8 @@ def test_tiny_classifier_and_extractor_on_real_images(tiny):
 
 
 def test_load_real_limit_and_errors(tiny, tmp_path):
-    from ganforge.quality.real_images import DataError, load_real
+    from ganforge.data import DataError
+    from ganforge.data.memory import load_real
 
     shards, _, _ = tiny
     sub = load_real(shards, "train", limit=25, seed=3)
@@ -149,6 +156,20 @@ def test_load_real_limit_and_errors(tiny, tmp_path):
         load_real(shards, "val")
     with pytest.raises(DataError, match="dataset.json"):
         load_real(tmp_path, "train")
+
+
+@pytest.mark.parametrize("encoding", ["raw", "jpg"])
+def test_load_real_reads_every_encoding_the_packer_writes(tmp_path, encoding):
+    """Evaluation's reader and the packer share one codec: raw-pixel shards (`raw.npy`) read
+    back to the same pixels as lossless PNG shards of the same source, JPEG ones within its loss."""
+    from ganforge.data.memory import load_real
+
+    png = load_real(pack_shards(tmp_path / "png", {"train": 4}, "png"), "train")
+    other = load_real(pack_shards(tmp_path / encoding, {"train": 4}, encoding), "train")
+    assert other.images.shape == png.images.shape == (12, 3, 32, 32)
+    assert torch.equal(other.labels, png.labels) and other.classes == png.classes
+    diff = (other.images.float() - png.images.float()).abs().mean().item()
+    assert diff == 0 if encoding == "raw" else diff < 16  # JPEG q95, 4:2:0 chroma: ~10
 
 
 def test_classifier_augmentation_crops_and_flips_each_image_on_its_own():

@@ -571,9 +571,9 @@ def test_serves_every_variant_trained_by_ganforge_train(server, tmp_path_factory
     them in one Serve app: generate from each and score an upload with each."""
     from ray import serve
 
-    from ganforge.cluster.data import demo_cache_dir
     from ganforge.cluster.launch import run_training
     from ganforge.data import ensure_demo_shards
+    from ganforge.data.resolve import demo_cache_dir
     from ganforge.models import VARIANTS
     from ganforge.serve.app import build_app
     from tests.train_helpers import tiny_config

@@ -7,10 +7,10 @@ import json
 import pytest
 import torch
 
-from ganforge.checkpoint import list_checkpoints, load_model, verify
+from ganforge.checkpoint import list_checkpoints, verify
 from ganforge.cluster.launch import run_training
 from ganforge.config import ConfigError
-from ganforge.models import VARIANTS
+from ganforge.models import VARIANTS, load_model
 from tests.train_helpers import pack, tiny_config
 
 

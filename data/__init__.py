@@ -1,4 +1,9 @@
-"""ganforge.data: pack image datasets into WebDataset shards; the embedded demo data.
+"""ganforge.data: image datasets as WebDataset shards, from packing to the training loader.
+
+    sources, codec, manifest   what goes in, how one image is stored, `dataset.json`
+    pack, subset, inspection   `ganforge data pack | subset | inspect`
+    resolve, loader, stages    `data.urls` -> shard URLs -> one rank's streaming loader
+    memory                     a whole split in memory (evaluation's real reference)
 
 Kept light on purpose: no torch import here (the CLI's --help and the demo path import it).
 """
@@ -10,9 +15,13 @@ from pathlib import Path
 DEMO_ARCHIVE = "cifar10-demo.tar.gz"
 
 
+class DataError(ValueError):
+    """A problem with the user's data or output path; the message says what and where."""
+
+
 def demo_archive() -> Path:
-    """The CIFAR-10 subset shipped in the package (`ganforge/demo_data/cifar10-demo.tar.gz`)."""
-    path = Path(__file__).resolve().parent.parent / "demo_data" / DEMO_ARCHIVE
+    """The CIFAR-10 subset shipped in the package (`data/demo_data/cifar10-demo.tar.gz`)."""
+    path = Path(__file__).resolve().parent / "demo_data" / DEMO_ARCHIVE
     if not path.is_file():
         raise FileNotFoundError(
             f"{path}: demo archive missing (rebuild: scripts/make_demo_data.sh)"
@@ -28,7 +37,6 @@ def ensure_demo_shards(out_dir: Path) -> Path:
     """
     from ganforge.data.manifest import MANIFEST_NAME
     from ganforge.data.pack import PackOptions, pack
-    from ganforge.data.sources import DataError
 
     out_dir = Path(out_dir).expanduser()
     if (out_dir / MANIFEST_NAME).is_file():

@@ -1,26 +1,23 @@
-"""Read the real reference images of a shard directory into memory.
+"""A whole split of a shard directory in memory: evaluation's real reference set.
 
 `ganforge eval` needs the real distribution as one tensor (CIFAR-size data fits in memory), so this
 reads the WebDataset shards listed in `dataset.json` directly instead of going through the
-training loader (which streams, shuffles, augments and never ends when resampling).
+training loader (which streams, shuffles, augments and never ends when resampling). Samples are
+decoded by the same codec as training (`codec.decode_image`), so every encoding `data pack`
+writes (png, jpg, raw) reads here too.
 """
 
 from __future__ import annotations
 
-import io
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
-IMAGE_KEYS = ("png", "jpg", "jpeg", "npy", "u8")
-
-
-class DataError(ValueError):
-    """The shard directory or its manifest is missing or does not describe the split."""
+from ganforge.data import DataError
+from ganforge.data.codec import IMAGE_EXTS, decode_image, payload_ext
+from ganforge.data.manifest import MANIFEST_NAME, load_manifest, shard_entries
 
 
 @dataclass
@@ -34,30 +31,27 @@ class RealImages:
     channels: int
 
 
-def read_manifest(shards_dir: str | Path) -> dict:
-    """dataset.json of a shard directory (or the file itself) as a dict; clear error if absent."""
+def _root(shards_dir: str | Path) -> Path:
+    """The shard directory, given itself or its dataset.json."""
     p = Path(shards_dir)
-    path = p if p.is_file() else p / "dataset.json"
-    if not path.is_file():
-        raise DataError(f"{shards_dir}: no dataset.json (expected a directory of packed shards)")
-    try:
-        manifest = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise DataError(f"{path}: not valid JSON ({e})") from None
-    for key in ("classes", "image_size", "channels", "splits"):
-        if key not in manifest:
-            raise DataError(f"{path}: manifest lacks the key {key!r}")
-    return manifest
+    return p.parent if p.is_file() else p
+
+
+def read_manifest(shards_dir: str | Path) -> dict:
+    """dataset.json of a shard directory (or the file itself); DataError with the reason."""
+    root = _root(shards_dir)
+    if not (root / MANIFEST_NAME).is_file():
+        raise DataError(f"{shards_dir}: no {MANIFEST_NAME} (expected a directory of packed shards)")
+    return load_manifest(root)
 
 
 def shard_paths(shards_dir: str | Path, split: str) -> list[Path]:
-    root = Path(shards_dir)
-    root = root.parent if root.is_file() else root
+    root = _root(shards_dir)
     manifest = read_manifest(root)
-    splits = manifest["splits"]
-    if split not in splits:
-        raise DataError(f"{root}: no split {split!r} (has: {', '.join(sorted(splits))})")
-    paths = [root / s["name"] for s in splits[split]["shards"]]
+    if split not in manifest["splits"]:
+        have = ", ".join(sorted(manifest["splits"]))
+        raise DataError(f"{root}: no split {split!r} (has: {have})")
+    paths = [root / e["name"] for e in shard_entries(manifest, split)]
     missing = [str(p) for p in paths if not p.is_file()]
     if missing:
         raise DataError(f"{root}: shard files missing: {', '.join(missing[:3])}")
@@ -65,26 +59,14 @@ def shard_paths(shards_dir: str | Path, split: str) -> list[Path]:
 
 
 def _decode(sample: dict, size: int, channels: int) -> np.ndarray:
-    """One sample's image as uint8 [H, W, C] at `size` with `channels` channels."""
-    key = next((k for k in IMAGE_KEYS if k in sample), None)
-    if key is None:
-        raise DataError(f"sample {sample.get('__key__')!r} has no image ({', '.join(IMAGE_KEYS)})")
-    data = sample[key]
-    if key == "npy":
-        arr = np.load(io.BytesIO(data), allow_pickle=False)
-    elif key == "u8":  # fixed layout: size x size x channels raw bytes
-        arr = np.frombuffer(data, np.uint8).reshape(size, size, channels)
-    else:
-        img = Image.open(io.BytesIO(data))
-        img = img.convert("L" if channels == 1 else "RGB")
-        if img.size != (size, size):
-            img = img.resize((size, size), Image.BICUBIC)
-        arr = np.asarray(img)
-    if arr.ndim == 2:
-        arr = arr[..., None]
-    if arr.shape[-1] != channels:  # npy stored with the other channel count
-        arr = arr.mean(-1, keepdims=True) if channels == 1 else np.repeat(arr, 3, -1)
-    return arr.astype(np.uint8)
+    """One sample's image as uint8 [size, size, channels]."""
+    ext = payload_ext(sample)
+    if ext is None:
+        raise DataError(f"sample {sample.get('__key__')!r} has no image ({', '.join(IMAGE_EXTS)})")
+    try:
+        return decode_image(ext, sample[ext], channels, size)
+    except (OSError, ValueError) as e:  # PIL and the npy reader raise these for broken bytes
+        raise DataError(f"sample {sample.get('__key__')!r}: cannot decode {ext} ({e})") from None
 
 
 def load_real(

@@ -16,9 +16,10 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
+from ganforge.data import DataError
 from ganforge.data.codec import ImageProblem, probe_size
 from ganforge.data.pack import check_out_dir
-from ganforge.data.sources import DataError, Item, read_source
+from ganforge.data.sources import Item, read_source
 
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")
 

@@ -20,9 +20,10 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
+from ganforge.data import DataError
 from ganforge.data.codec import ENCODINGS, Encoded, ImageProblem, encode_image, probe_size
 from ganforge.data.manifest import FORMAT, sha256_file, write_manifest
-from ganforge.data.sources import DataError, Dataset, Item, default_channels, read_source
+from ganforge.data.sources import Dataset, Item, default_channels, read_source
 
 TAR_MTIME = 0  # fixed: same input, same bytes (an int: a float adds a PAX header)
 TAR_OWNER = "ganforge"

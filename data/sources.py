@@ -24,13 +24,11 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
+from ganforge.data import DataError
+
 SPLIT_NAMES = ("train", "test", "val", "valid", "validation")
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm"}
 IMAGE_SUFFIXES |= {".pgm", ".pbm"}
-
-
-class DataError(ValueError):
-    """A problem with the user's input or output path; the message says what and where."""
 
 
 @dataclass(frozen=True)

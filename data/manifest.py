@@ -19,7 +19,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ganforge.data.sources import DataError
+from ganforge.data import DataError
 
 FORMAT = "ganforge-shards/1"
 MANIFEST_NAME = "dataset.json"

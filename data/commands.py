@@ -71,9 +71,9 @@ def pack_cmd(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Pack images into WebDataset shards OUT/<split>-NNNNNN.tar plus OUT/dataset.json."""
+    from ganforge.data import DataError
     from ganforge.data.codec import ENCODINGS
     from ganforge.data.pack import PackOptions, iter_problems, pack
-    from ganforge.data.sources import DataError
     from ganforge.data.subset import parse_per_class
 
     if encoding not in ENCODINGS:
@@ -117,9 +117,9 @@ def inspect_cmd(
     from rich.console import Console
     from rich.table import Table
 
+    from ganforge.data import DataError
     from ganforge.data.inspection import class_grid, save_png, verify_shards
     from ganforge.data.manifest import load_manifest
-    from ganforge.data.sources import DataError
 
     try:
         manifest = load_manifest(out)
@@ -178,7 +178,7 @@ def subset_cmd(
     ),
 ) -> None:
     """Copy the first N images of each class into a small tree <name>/<split>/<class>/<file>."""
-    from ganforge.data.sources import DataError
+    from ganforge.data import DataError
     from ganforge.data.subset import parse_per_class, subset
 
     try:

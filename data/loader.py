@@ -1,6 +1,6 @@
 """Streaming training data: resolve shard URLs, then a WebDataset pipeline per rank.
 
-    urls, manifest = resolve_data(cfg.data)
+    urls, manifest = resolve_data(cfg.data)          # ganforge.data.resolve
     loader = build_loader(urls, cfg.data, batch_size=64, image_size=32, channels=3, rank=r,
                           world_size=w, seed=0, start_batch=0, pin_memory=False)
     for images, labels in loader:  # float32 [B,C,S,S] in [-1,1], int64 [B]
@@ -16,153 +16,17 @@ Two modes (`data.resample`):
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
 import random
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from functools import partial
-from pathlib import Path
 from typing import Any
 
-from ganforge.config import ConfigError, DataConfig, ModelConfig
-from ganforge.data.manifest import MANIFEST_NAME, check_manifest, load_manifest, shard_entries
-
-
-def demo_cache_dir() -> Path:
-    """Where the embedded demo is unpacked: $GANFORGE_CACHE or ~/.cache/ganforge, keyed by the
-    archive's content so an updated package never reuses stale shards."""
-    from ganforge.data import demo_archive
-
-    digest = hashlib.sha256(demo_archive().read_bytes()).hexdigest()[:12]
-    base = Path(os.environ.get("GANFORGE_CACHE", "~/.cache/ganforge")).expanduser()
-    return base / f"demo-shards-{digest}"
-
-
-def resolve_data(data_cfg: DataConfig) -> tuple[list[str], dict[str, Any] | None]:
-    """data.urls -> (shard URLs, manifest or None). ConfigError (a ValueError) when nothing
-    usable is found or the split is unknown."""
-    from ganforge.data import ensure_demo_shards
-
-    spec = data_cfg.urls
-    if spec is None:
-        spec = str(ensure_demo_shards(demo_cache_dir()))
-    urls: list[str] = []
-    manifests: list[dict[str, Any]] = []
-    for part in (p.strip() for p in spec.split("::")):
-        if part:
-            part_urls, manifest = _resolve_part(part, data_cfg.split)
-            urls += part_urls
-            manifests += [manifest] if manifest else []
-    if not urls:
-        raise ConfigError(f"data.urls={spec!r}: no shards found")
-    for m in manifests[1:]:
-        for key in ("image_size", "channels", "classes"):
-            if m[key] != manifests[0][key]:
-                raise ConfigError(f"data.urls mixes datasets with different {key}")
-    return urls, (manifests[0] if manifests else None)
-
-
-def _resolve_part(part: str, split: str) -> tuple[list[str], dict[str, Any] | None]:
-    from webdataset.shardlists import expand_urls
-
-    if part.startswith("pipe:"):
-        return [part], None
-    if part.startswith(("http://", "https://")):
-        urls = expand_urls(part)
-        return urls, _remote_manifest(urls[0].rsplit("/", 1)[0])
-    if "://" in part and not part.startswith("file://"):
-        raise ConfigError(
-            f"data.urls: unsupported scheme in {part!r}; use http(s)://, file:// or "
-            "pipe:CMD (e.g. 'pipe:aws s3 cp s3://bucket/train-000000.tar -')"
-        )
-    local = Path(part.removeprefix("file://")).expanduser()
-    if local.is_dir():
-        return _resolve_dir(local.resolve(), split)
-    urls = [str(Path(u).expanduser().resolve()) for u in expand_urls(str(local))]
-    missing = [u for u in urls if not Path(u).is_file()]
-    if missing:
-        raise ConfigError(f"data.urls: no such shard file {missing[0]} ({len(missing)} missing)")
-    parent = Path(urls[0]).parent
-    try:
-        return urls, load_manifest(parent)
-    except ValueError:
-        return urls, None
-
-
-def _resolve_dir(directory: Path, split: str) -> tuple[list[str], dict[str, Any] | None]:
-    if (directory / MANIFEST_NAME).is_file():
-        manifest = load_manifest(directory)
-        try:
-            entries = shard_entries(manifest, split)
-        except ValueError as e:
-            raise ConfigError(f"data.split: {e} in {directory}") from None
-        return [str(directory / e["name"]) for e in entries], manifest
-    tars = sorted(str(p) for p in directory.glob("*.tar"))
-    if not tars:
-        raise ConfigError(f"data.urls: {directory} holds no {MANIFEST_NAME} and no .tar shards")
-    return tars, None
-
-
-def _remote_manifest(base_url: str) -> dict[str, Any] | None:
-    """BASE/dataset.json when the server has it; None otherwise (the data may still stream)."""
-    try:
-        with urllib.request.urlopen(f"{base_url}/{MANIFEST_NAME}", timeout=10) as resp:
-            return check_manifest(json.loads(resp.read()), base_url)
-    except (OSError, ValueError):
-        return None
-
-
-def check_compatible(manifest: dict[str, Any], model_cfg: ModelConfig) -> None:
-    """ValueError when the shards cannot feed this model (size, channels, class count)."""
-    from ganforge.models import get_variant
-
-    problems = []
-    if manifest["image_size"] != model_cfg.resolution:
-        problems.append(
-            f"images are {manifest['image_size']}x{manifest['image_size']} but "
-            f"model.resolution={model_cfg.resolution} (repack with --image-size "
-            f"{model_cfg.resolution})"
-        )
-    if manifest["channels"] != model_cfg.channels:
-        problems.append(
-            f"images have {manifest['channels']} channel(s) but model.channels="
-            f"{model_cfg.channels} (repack with --channels {model_cfg.channels})"
-        )
-    n = len(manifest["classes"])
-    if get_variant(model_cfg.variant).conditional and model_cfg.num_classes not in (0, n):
-        problems.append(f"model.num_classes={model_cfg.num_classes} but the data has {n} classes")
-    if problems:
-        raise ValueError("data and model disagree: " + "; ".join(problems))
-
-
-def _manifest_at(base: str) -> dict[str, Any] | None:
-    if base.startswith(("http://", "https://")):
-        return _remote_manifest(base)
-    try:
-        return load_manifest(Path(base.removeprefix("file://")))
-    except ValueError:
-        return None
-
-
-def shard_sizes(urls: list[str]) -> list[int] | None:
-    """Samples per shard from the manifests next to the shards; None when one is unknown."""
-    known: dict[str, dict[str, int]] = {}  # folder/base URL -> {shard name: samples}
-    sizes = []
-    for url in urls:
-        if url.startswith("pipe:"):
-            return None
-        base, name = url.rsplit("/", 1)
-        if base not in known:
-            splits = (_manifest_at(base) or {}).get("splits", {}).values()
-            known[base] = {e["name"]: e["num_samples"] for s in splits for e in s["shards"]}
-        if name not in known[base]:
-            return None
-        sizes.append(known[base][name])
-    return sizes
+from ganforge.config import DataConfig
+from ganforge.data import stages
+from ganforge.data.manifest import MANIFEST_NAME
+from ganforge.data.resolve import shard_sizes
 
 
 def one_pass_plan(sizes: list[int], order: list[int], world: int, nw: int, batch: int):
@@ -227,8 +91,6 @@ def build_loader(
     """
     import torch
     import webdataset as wds
-
-    from ganforge.data import stages
 
     if not urls:
         raise ValueError("build_loader: no shard URLs")
