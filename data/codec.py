@@ -22,6 +22,12 @@ ENCODINGS = ("keep", "png", "jpg", "raw")
 JPEG_QUALITY = 95
 _PIL_EXT = {"JPEG": "jpg", "PNG": "png"}
 _PIL_FORMAT = {v: k for k, v in _PIL_EXT.items()}
+# The decoders a source image may use: the formats of IMAGE_SUFFIXES in `sources`. Naming them
+# keeps Pillow from trying its other plugins on hostile bytes (EPS, for one, runs Ghostscript).
+SOURCE_FORMATS = ("JPEG", "PNG", "BMP", "GIF", "WEBP", "TIFF", "PPM")
+# Far beyond any image packing keeps (64x64 at most is trained; photos get resized): refusing at
+# the header stops a decompression bomb before a pixel is decoded (Pillow's own limit is 89 Mpx).
+MAX_SOURCE_PIXELS = 40_000_000
 
 
 class ImageProblem(ValueError):
@@ -48,10 +54,19 @@ def _open(payload: bytes | np.ndarray) -> tuple[Image.Image, str | None]:
             raise ImageProblem(f"array shape {payload.shape} is not HxW, HxWx1, HxWx3 or HxWx4")
         return Image.fromarray(np.ascontiguousarray(arr)), None
     try:
-        img = Image.open(io.BytesIO(payload))
+        img = Image.open(io.BytesIO(payload), formats=SOURCE_FORMATS)
+        if img.width * img.height > MAX_SOURCE_PIXELS:
+            raise ImageProblem(
+                f"{img.width}x{img.height} pixels, above the {MAX_SOURCE_PIXELS / 1e6:.0f} Mpx "
+                "cap on one source image"
+            )
         img.load()  # verify the whole file decodes, not just its header
+    except ImageProblem:
+        raise
     except Image.UnidentifiedImageError:
-        raise ImageProblem("corrupt or not an image (unknown format)") from None
+        raise ImageProblem(
+            f"corrupt or not an image (readable formats: {', '.join(SOURCE_FORMATS)})"
+        ) from None
     except Exception as e:  # PIL raises many types for broken files
         raise ImageProblem(f"corrupt or not an image ({type(e).__name__}: {e})") from None
     return img, _PIL_EXT.get(img.format or "")

@@ -4,20 +4,26 @@ Every source becomes a `Dataset`: class names in index order and, per split, an 
 `Item`s whose payload is encoded file bytes, a path to read lazily, or a uint8 pixel array.
 Order is deterministic (sorted paths, or the source's own order for array formats).
 
+Every source is untrusted: pickles admit only what CIFAR batches hold, archive members and
+decompressed files are size-capped, links and special files are never followed, and every
+malformed input ends in `DataError` (the whole source) or a skipped-input entry (one file).
+
 Formats:
   - a folder of class sub-folders (`SRC/<class>/**/*.jpg`), optionally under split folders
     (`SRC/train/<class>/...`, `SRC/test/<class>/...`);
   - a `.tar`, `.tar.gz` or `.tgz` archive of such a tree (read in memory, not extracted);
-  - CIFAR-10 python pickles (`batches.meta`, `data_batch_*`, `test_batch`), as a folder or tar;
+  - CIFAR-10 python pickles (`batches.meta`, `data_batch_*`, `test_batch`) at the top of a folder
+    or tar (or inside its one top-level folder), read with a restricted unpickler;
   - MNIST IDX files (`train-images-idx3-ubyte[.gz]` + `train-labels-idx1-ubyte[.gz]`, `t10k-*`);
   - `.npz` with `images` (N,H,W[,C] uint8), `labels` (N,) and optionally `classes` (names).
 """
 
 from __future__ import annotations
 
-import gzip
+import io
 import pickle
 import tarfile
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -29,6 +35,11 @@ from ganforge.data import DataError
 SPLIT_NAMES = ("train", "test", "val", "valid", "validation")
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm"}
 IMAGE_SUFFIXES |= {".pgm", ".pbm"}
+# Caps on what one input may make us hold in memory. The largest legitimate inputs: a CIFAR-10
+# batch is 31 MB, MNIST's training images 47 MB uncompressed, a 40 Mpx photo ~20 MB as a file.
+MAX_MEMBER_BYTES = 256 << 20  # one archive member or folder file, from its header / stat
+MAX_DECOMPRESSED_BYTES = 1 << 30  # one gzip'd IDX file, decompressed
+MAX_ARRAY_BYTES = 4 << 30  # one .npz array, uncompressed
 
 
 @dataclass(frozen=True)
@@ -74,32 +85,66 @@ class Dataset:
 Files = dict[str, Callable[[], bytes]]
 
 
-def _folder_files(root: Path) -> Files:
+Problems = list[dict[str, str]]  # skipped inputs: {"path", "reason"}
+
+
+def _human(n: int) -> str:
+    """1536 -> '1.5 KiB' (sizes in messages)."""
+    for unit in ("bytes", "KiB", "MiB"):
+        if n < 1024:
+            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"
+
+
+def _too_big(size: int) -> str:
+    return f"{_human(size)}, above the {_human(MAX_MEMBER_BYTES)} cap on one input file"
+
+
+def _folder_files(root: Path) -> tuple[Files, Problems]:
+    """Regular files and folders below `root`. Symlinks are not followed (one could point out of
+    the tree or at /dev/zero) and special files are not read: both are listed as skipped."""
     files: Files = {}
-    for p in sorted(root.rglob("*")):
+    problems: Problems = []
+    for p in sorted(root.rglob("*")):  # rglob does not descend into symlinked folders
         rel = p.relative_to(root).as_posix()
-        if p.is_dir():
+        if p.is_symlink():
+            problems.append({"path": rel, "reason": "symbolic link (not followed)"})
+        elif p.is_dir():
             files[rel + "/"] = bytes  # folder marker: empty class folders must be reported
+        elif not p.is_file():
+            problems.append({"path": rel, "reason": "not a regular file"})
+        elif (size := p.stat().st_size) > MAX_MEMBER_BYTES:
+            problems.append({"path": rel, "reason": _too_big(size)})
         else:
             files[rel] = p.read_bytes
-    return files
+    return files, problems
 
 
-def _tar_files(path: Path) -> Files:
+def _tar_files(path: Path) -> tuple[Files, Problems]:
+    """Every member's bytes (one sequential pass: random access into .tar.gz is slow). Links,
+    devices and members above the cap (read from the header, before any byte) are skipped."""
     files: Files = {}
+    problems: Problems = []
     try:
         with tarfile.open(path, "r:*") as tar:
-            for m in tar:  # one sequential pass: random access into .tar.gz is slow
+            for m in tar:
                 name = PurePosixPath(m.name).as_posix().removeprefix("./")
                 if m.isdir():
                     files[name.rstrip("/") + "/"] = bytes
-                elif m.isfile():
+                elif m.issym() or m.islnk():
+                    problems.append({"path": name, "reason": "link inside the archive (skipped)"})
+                elif not m.isfile():
+                    problems.append({"path": name, "reason": "not a regular file"})
+                elif m.size > MAX_MEMBER_BYTES:
+                    problems.append({"path": name, "reason": _too_big(m.size)})
+                else:
                     f = tar.extractfile(m)
                     data = f.read() if f is not None else b""
                     files[name] = lambda d=data: d
-    except (tarfile.TarError, OSError, EOFError) as e:
+    except (tarfile.TarError, OSError, EOFError, zlib.error) as e:
         raise DataError(f"{path}: cannot read the archive ({e})") from None
-    return dict(sorted(files.items()))
+    return dict(sorted(files.items())), problems
 
 
 def _strip_wrappers(files: Files) -> tuple[Files, str]:
@@ -127,13 +172,16 @@ def read_source(src: Path, split: str = "train") -> Dataset:
     if src.is_file() and name.endswith(".npz"):
         return _read_npz(src, split)
     if src.is_file() and name.endswith((".tar", ".tar.gz", ".tgz")):
-        files = _tar_files(src)
+        files, problems = _tar_files(src)
         display = f"{src.name}:"
+        for p in problems:
+            p["path"] = display + p["path"]
     elif src.is_dir():
-        files = _folder_files(src)
+        files, problems = _folder_files(src)
         display = ""
     elif src.is_file() and "idx" in name and "ubyte" in name:
-        files = {p.relative_to(src.parent).as_posix(): p.read_bytes for p in src.parent.iterdir()}
+        files, problems = _folder_files(src.parent)
+        files = {p: r for p, r in files.items() if "/" not in p}  # the IDX files beside it
         display = ""
     else:
         raise DataError(
@@ -143,12 +191,29 @@ def read_source(src: Path, split: str = "train") -> Dataset:
     files = {p: r for p, r in files.items() if not _hidden(p)}
     files, prefix = _strip_wrappers(files)
     display += prefix
-    basenames = {p.rsplit("/", 1)[-1] for p in files}
-    if "batches.meta" in basenames:
-        return _read_cifar(files, display)
-    if any(b.startswith(("train-images-idx", "t10k-images-idx")) for b in basenames):
-        return _read_mnist(files, display)
-    return _read_tree(files, display, split, src)
+    top, top_dir = _top_level(files)
+    if "batches.meta" in top:
+        ds = _read_cifar(top, display + top_dir)
+    elif any(b.startswith(("train-images-idx", "t10k-images-idx")) for b in top):
+        ds = _read_mnist(top, display + top_dir)
+    else:
+        ds = _read_tree(files, display, split, src)
+    ds.problems = problems + ds.problems
+    return ds
+
+
+def _top_level(files: Files) -> tuple[Files, str]:
+    """The files at the top of the source, or inside its only top-level folder when that is all
+    there is (`cifar-10-batches-py/`), keyed by base name; -> (files, that folder + '/' or '').
+
+    The array formats are recognised only there: a `batches.meta` deeper in an image-folder tree
+    is just a stray file, never a pickle to open."""
+    heads = {p.split("/", 1)[0] for p in files}
+    if len(heads) == 1 and all("/" in p for p in files):
+        head = heads.pop()
+        inner = {p[len(head) + 1 :]: r for p, r in files.items() if p != head + "/"}
+        return {p: r for p, r in inner.items() if p and "/" not in p}, head + "/"
+    return {p: r for p, r in files.items() if "/" not in p}, ""
 
 
 def _hidden(path: str) -> bool:
@@ -212,57 +277,126 @@ def _payload(reader: Callable[[], bytes]) -> bytes | Path:
     return owner if isinstance(owner, Path) else reader()
 
 
+class _CifarUnpickler(pickle.Unpickler):
+    """Admits only what CIFAR-10's python batches hold: dicts, lists, bytes, str, numbers, and
+    numpy arrays rebuilt by numpy's own reconstruction functions. Any other global (the way a
+    pickle runs code: `os.system`, `builtins.eval`, ...) is refused before it is looked up."""
+
+    ALLOWED = {
+        (module, name)
+        for module in ("numpy.core.multiarray", "numpy._core.multiarray")
+        for name in ("_reconstruct", "scalar")
+    } | {
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("numpy.core.numeric", "_frombuffer"),
+        ("numpy._core.numeric", "_frombuffer"),
+        ("_codecs", "encode"),  # how protocol-2 pickles made by Python 3 spell bytes
+    }
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"refused {module}.{name}: not part of a CIFAR batch")
+        return super().find_class(module, name)
+
+
 def _unpickle(data: bytes, what: str) -> dict:
     try:
-        return pickle.loads(data, encoding="bytes")
-    except Exception as e:
+        out = _CifarUnpickler(io.BytesIO(data), encoding="bytes").load()
+    except Exception as e:  # a broken pickle raises nearly anything
         raise DataError(f"{what}: not a CIFAR-10 python pickle ({e})") from None
+    if not isinstance(out, dict):
+        raise DataError(f"{what}: not a CIFAR-10 python pickle (a {type(out).__name__})")
+    return out
+
+
+def _cifar_field(d: dict, key: bytes, what: str):
+    if key not in d:
+        raise DataError(f"{what}: CIFAR pickle lacks {key.decode()!r}")
+    return d[key]
+
+
+def _cifar_batch(batch: dict, what: str, n_classes: int) -> tuple[np.ndarray, list[int]]:
+    """-> (uint8 images [N, 32, 32, 3], labels); DataError for any shape or label problem."""
+    try:
+        data = np.asarray(_cifar_field(batch, b"data", what), dtype=np.uint8)
+        labels = [int(y) for y in _cifar_field(batch, b"labels", what)]
+    except (TypeError, ValueError) as e:
+        raise DataError(f"{what}: malformed CIFAR batch ({e})") from None
+    if data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
+        raise DataError(f"{what}: data has shape {data.shape}, expected (N, 3072)")
+    if len(labels) != len(data):
+        raise DataError(f"{what}: {len(data)} images but {len(labels)} labels")
+    bad = [y for y in labels if not 0 <= y < n_classes]
+    if bad:
+        raise DataError(f"{what}: label {bad[0]} outside 0..{n_classes - 1} ({len(bad)} such)")
+    return data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), labels
 
 
 def _read_cifar(files: Files, display: str) -> Dataset:
-    meta_path = next(p for p in files if p.endswith("batches.meta"))
-    meta = _unpickle(files[meta_path](), display + meta_path)
-    classes = [n.decode() if isinstance(n, bytes) else n for n in meta[b"label_names"]]
+    meta = _unpickle(files["batches.meta"](), display + "batches.meta")
+    names = _cifar_field(meta, b"label_names", display + "batches.meta")
+    if not isinstance(names, list) or not all(isinstance(n, bytes | str) for n in names):
+        raise DataError(f"{display}batches.meta: label_names is not a list of names")
+    classes = [n.decode(errors="replace") if isinstance(n, bytes) else n for n in names]
     groups = {"train": "data_batch_", "test": "test_batch"}
     splits: dict[str, list[Item]] = {}
     for split, stem in groups.items():
-        for path in sorted(p for p in files if p.rsplit("/", 1)[-1].startswith(stem)):
-            batch = _unpickle(files[path](), display + path)
-            data = np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
-            images = data.transpose(0, 2, 3, 1)
-            labels = batch[b"labels"]
+        for path in sorted(p for p in files if p.startswith(stem)):
+            what = display + path
+            images, labels = _cifar_batch(_unpickle(files[path](), what), what, len(classes))
             splits.setdefault(split, []).extend(
-                Item(int(y), f"{display}{path}#{i}", images[i]) for i, y in enumerate(labels)
+                Item(y, f"{what}#{i}", images[i]) for i, y in enumerate(labels)
             )
     if not splits:
         raise DataError(f"{display or 'source'}: batches.meta but no data_batch_*/test_batch")
     return Dataset("cifar10-pickle", classes, splits)
 
 
+def _gunzip(data: bytes, what: str) -> bytes:
+    """gzip -> bytes, refusing to inflate past MAX_DECOMPRESSED_BYTES (a gzip bomb)."""
+    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    try:
+        out = inflater.decompress(data, MAX_DECOMPRESSED_BYTES)
+    except zlib.error as e:
+        raise DataError(f"{what}: corrupt gzip data ({e})") from None
+    if inflater.unconsumed_tail:
+        raise DataError(
+            f"{what}: decompresses to more than {_human(MAX_DECOMPRESSED_BYTES)}; refused"
+        )
+    return out
+
+
 def _idx(data: bytes, what: str) -> np.ndarray:
+    """An IDX file of unsigned bytes; its header is checked against its length before use."""
     if data[:2] == b"\x1f\x8b":
-        data = gzip.decompress(data)
+        data = _gunzip(data, what)
     if len(data) < 4 or data[:2] != b"\0\0" or data[2] != 0x08:
         raise DataError(f"{what}: not an IDX file of unsigned bytes")
-    ndim = data[3]
+    ndim, offset = data[3], 4 + 4 * data[3]
+    if ndim not in (1, 3):
+        raise DataError(f"{what}: IDX header says {ndim} dimensions; expected 1 or 3")
+    if len(data) < offset:
+        raise DataError(f"{what}: IDX header cut short ({len(data)} bytes)")
     shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
-    body = np.frombuffer(data, np.uint8, offset=4 + 4 * ndim)
-    if body.size != int(np.prod(shape)):
-        raise DataError(f"{what}: truncated IDX file ({body.size} bytes for shape {shape})")
-    return body.reshape(shape)
+    expected = 1
+    for n in shape:
+        expected *= n  # Python ints: a lying header cannot overflow the check
+    if len(data) - offset != expected:
+        raise DataError(
+            f"{what}: the header's shape {shape} needs {expected} bytes, the file has "
+            f"{len(data) - offset}"
+        )
+    return np.frombuffer(data, np.uint8, offset=offset).reshape(shape)
 
 
 def _read_mnist(files: Files, display: str) -> Dataset:
     splits: dict[str, list[Item]] = {}
     for split, stem in (("train", "train"), ("test", "t10k")):
-        img_path = next(
-            (p for p in files if p.rsplit("/", 1)[-1].startswith(f"{stem}-images")), None
-        )
+        img_path = next((p for p in files if p.startswith(f"{stem}-images")), None)
         if img_path is None:
             continue
-        lbl_path = next(
-            (p for p in files if p.rsplit("/", 1)[-1].startswith(f"{stem}-labels")), None
-        )
+        lbl_path = next((p for p in files if p.startswith(f"{stem}-labels")), None)
         if lbl_path is None:
             raise DataError(f"{display}{img_path}: no matching {stem}-labels-idx1-ubyte file")
         images = _idx(files[img_path](), display + img_path)
@@ -274,19 +408,31 @@ def _read_mnist(files: Files, display: str) -> Dataset:
         splits[split] = [
             Item(int(y), f"{display}{img_path}#{i}", images[i]) for i, y in enumerate(labels)
         ]
-    n_classes = 1 + max(it.label for items in splits.values() for it in items)
+    if not splits:
+        raise DataError(f"{display or 'source'}: no train-images-idx / t10k-images-idx file")
+    n_classes = 1 + max((it.label for items in splits.values() for it in items), default=-1)
     return Dataset("mnist-idx", [str(i) for i in range(n_classes)], splits)
 
 
 def _read_npz(src: Path, split: str) -> Dataset:
     try:
         with np.load(src, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
+            missing = {"images", "labels"} - set(z.files)
+            if missing:
+                raise DataError(f"{src}: missing array(s) {sorted(missing)}; found {z.files}")
+            wanted = [k for k in ("images", "labels", "classes") if k in z.files]
+            for k in wanted:  # sizes from the zip directory, before anything is inflated
+                size = z.zip.getinfo(f"{k}.npy").file_size
+                if size > MAX_ARRAY_BYTES:
+                    raise DataError(
+                        f"{src}: array {k!r} is {_human(size)}, above the "
+                        f"{_human(MAX_ARRAY_BYTES)} cap"
+                    )
+            arrays = {k: z[k] for k in wanted}  # other arrays are never read
+    except DataError:
+        raise
     except Exception as e:
         raise DataError(f"{src}: cannot read the .npz ({e})") from None
-    missing = {"images", "labels"} - arrays.keys()
-    if missing:
-        raise DataError(f"{src}: missing array(s) {sorted(missing)}; found {sorted(arrays)}")
     images, labels = arrays["images"], arrays["labels"]
     if images.dtype != np.uint8 or images.ndim not in (3, 4):
         raise DataError(
