@@ -4,6 +4,9 @@ Gradient isolation (DeepSpeed issues 399/4923): the generator step computes D's 
 D's raw *module* with D's parameters frozen, never through `engine_d` — a forward through D's
 engine followed by `engine_g.backward` trips D's engine hooks, and unfrozen D parameters would
 collect gradients that leak into D's next step.
+
+What is trained comes from the variant's `VariantSpec` (`ganforge.models`): its G/D builders, its
+loss object and its regularisers. Nothing here names a variant, a loss kind or a regulariser.
 """
 
 from __future__ import annotations
@@ -21,9 +24,8 @@ from ganforge.cluster.ema import GeneratorEMA
 from ganforge.cluster.noise import NoiseSource
 from ganforge.cluster.sync_bn import convert_batchnorm
 from ganforge.config import GanforgeConfig
-from ganforge.kernels import gradient_penalty
-from ganforge.models import build_discriminator, build_generator, get_variant
-from ganforge.models.losses import d_loss, g_loss
+from ganforge.models import get_variant
+from ganforge.models.regularisers import CriticBatch
 
 log = logging.getLogger("ganforge.train")
 
@@ -36,7 +38,9 @@ class CriticStats:
 
     loss_d: torch.Tensor
     gp: torch.Tensor | None
+    """Sum of the regularisers' penalties added this step (None: none was due)."""
     grad_norm: torch.Tensor | None
+    """Mean input-gradient norm a penalty reported this step (None: none did)."""
 
 
 def _quiet_deepspeed() -> None:
@@ -95,10 +99,11 @@ class GANEngines:
         init_deepspeed_comm(cfg.cluster.gpu)
         self.cfg, self.device, self.rank, self.world = cfg, device, rank, world_size
         self.spec = get_variant(cfg.model.variant)
+        self.regularisers = self.spec.build_regularisers(cfg.loss, cfg.model)
         self.dtype = DTYPES[cfg.train.precision]
         torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
-        g = build_generator(cfg.model)
-        d = build_discriminator(cfg.model)
+        g = self.spec.build_generator(cfg.model)
+        d = self.spec.build_discriminator(cfg.model)
         if cfg.train.sync_batchnorm and world_size > 1:
             g, d = convert_batchnorm(g, device), convert_batchnorm(d, device)
         self.ema = GeneratorEMA(g, cfg.model.ema_decay)
@@ -135,7 +140,6 @@ class GANEngines:
 
     def critic_step(self, real: torch.Tensor, labels: torch.Tensor) -> CriticStats:
         """One D/critic update on a real batch and a fresh fake batch (G frozen, no graph)."""
-        loss_cfg = self.cfg.loss
         real = real.to(self.device, self.dtype, non_blocking=True)
         y_real = self._labels(labels.to(self.device, non_blocking=True))
         noise = self.noise.draw(self.device)
@@ -144,30 +148,37 @@ class GANEngines:
             fake = self.g(noise.z.to(self.dtype), y_fake)
         real_scores = self.engine_d(real, y_real).float()
         fake_scores = self.engine_d(fake, y_fake).float()
-        loss = d_loss(loss_cfg.kind, real_scores, fake_scores)
-        gp = grad_norm = None
-        if loss_cfg.gp_lambda > 0 and self.critic_steps % loss_cfg.gp_every == 0:
-            # Lazy regularisation: every k-th step, weighted by k (StyleGAN2's R1 schedule).
-            # Through D's module, not its engine: the inner autograd.grad would otherwise fire
-            # the engine's output hooks outside engine.backward, which DeepSpeed rejects.
-            penalty, mean_norm = gradient_penalty(
-                lambda x: self.d(x, y_real).float(),
-                real,
-                fake,
-                loss_cfg.gp_lambda * loss_cfg.gp_every,
-                eps=noise.eps.to(self.dtype),
-                backend=self.cfg.model.kernels,
-            )
-            loss = loss + penalty
-            gp, grad_norm = penalty.detach(), mean_norm
+        loss = self.spec.loss.d_loss(real_scores, fake_scores)
+        # Through D's module, not its engine: a penalty's inner autograd.grad would otherwise fire
+        # the engine's output hooks outside engine.backward, which DeepSpeed rejects.
+        batch = CriticBatch(
+            lambda x: self.d(x, y_real).float(), real, fake, noise.eps.to(self.dtype)
+        )
+        gp, grad_norm = self._penalties(batch)
+        if gp is not None:
+            loss = loss + gp
+            gp = gp.detach()
         self.engine_d.backward(loss)
         self.engine_d.step()
-        if loss_cfg.clip_value:
-            with torch.no_grad():
-                for p in self.d.parameters():
-                    p.clamp_(-loss_cfg.clip_value, loss_cfg.clip_value)
+        for reg in self.regularisers:
+            reg.after_step(self.d)  # e.g. weight clipping, on the weights the step just wrote
         self.critic_steps += 1
         return CriticStats(loss.detach(), gp, grad_norm)
+
+    def _penalties(self, batch: CriticBatch) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """The sum of the penalties due on this critic step, and the last reported grad norm."""
+        total = grad_norm = None
+        for reg in self.regularisers:
+            if self.critic_steps % reg.every:
+                continue
+            # Lazy regularisation: every k-th step, weighted by k (StyleGAN2's R1 schedule).
+            out = reg.penalty(batch, reg.weight * reg.every)
+            if out is None:
+                continue
+            total = out.value if total is None else total + out.value
+            if out.grad_norm is not None:
+                grad_norm = out.grad_norm
+        return total, grad_norm
 
     def generator_step(self) -> torch.Tensor:
         """One G update through D's module with D's parameters frozen; then the EMA update."""
@@ -178,7 +189,7 @@ class GANEngines:
             p.requires_grad_(False)
         try:
             fake = self.engine_g(noise.z.to(self.dtype), y_fake)
-            loss = g_loss(self.cfg.loss.kind, self.d(fake, y_fake).float())
+            loss = self.spec.loss.g_loss(self.d(fake, y_fake).float())
             self.engine_g.backward(loss)
             self.engine_g.step()
         finally:

@@ -50,7 +50,9 @@ class DataConfig(_Section):
 
 class ModelConfig(_Section):
     variant: str = "dcgan"
-    """Registered GAN variant: dcgan, cdcgan, wgan, wgan-gp, cwgan-gp (see `ganforge.models`)."""
+    """Name of a registered GAN variant (`ganforge.models.list_variants()`: dcgan, cdcgan, wgan,
+    wgan-gp, cwgan-gp, ...). Checked against the registry by `ganforge.models.check_recipe`
+    before training starts: this base layer does not import the models."""
     resolution: Literal[32, 64] = 32
     """Output image size (square). The number of up/down-sampling blocks follows from it."""
     channels: Literal[1, 3] = 3
@@ -82,14 +84,18 @@ class OptimizerConfig(_Section):
 
 
 class LossConfig(_Section):
-    kind: Literal["bce", "wasserstein"] = "bce"
-    """bce = non-saturating BCE-with-logits (DCGAN); wasserstein = critic scores (WGAN family)."""
+    kind: str = "bce"
+    """The variant's loss, named here as a check: bce = non-saturating BCE-with-logits (DCGAN),
+    wasserstein = critic scores (WGAN family). The variant defines the loss;
+    `ganforge.models.check_recipe` refuses a kind that is not the one its variant uses."""
     n_critic: int = Field(1, ge=1)
     """Discriminator/critic steps per generator step."""
     clip_value: float | None = None
-    """Weight clipping of the critic after each step (original WGAN: 0.01)."""
+    """Weight clipping of the critic after each step (original WGAN: 0.01). Read by the
+    `WeightClipping` regulariser; a variant without it refuses the setting."""
     gp_lambda: float = Field(0.0, ge=0)
-    """Gradient-penalty weight lambda (WGAN-GP: 10). 0 disables the penalty."""
+    """Gradient-penalty weight lambda (WGAN-GP: 10). 0 disables the penalty. Read by the
+    `GradientPenalty` regulariser; a variant without it refuses a non-zero value."""
     gp_every: int = Field(1, ge=1)
     """Lazy regularisation: apply the penalty every k-th critic step, scaled by k (StyleGAN2)."""
 

@@ -62,3 +62,22 @@ def test_weight_clipping_is_refused_where_deepspeed_would_undo_it():
         with pytest.raises(ConfigError, match="clip_value"):
             load_config(resolve_config_path("wgan"), override)
     assert load_config(resolve_config_path("wgan"), {"train.zero_stage": 0}).loss.clip_value
+
+
+@pytest.mark.parametrize("name", ["dcgan", "cdcgan", "wgan", "wgan-gp", "cwgan-gp"])
+def test_shipped_configs_follow_their_variants_recipe(name):
+    """configs/<variant>.yaml and the spec's n_critic, optimisers and regulariser defaults agree;
+    the spec's recipe alone is a valid config."""
+    spec = VARIANTS[name]
+    cfg = load_config(resolve_config_path(name)).model_dump()
+    for dotted, value in spec.recipe().items():
+        section, key = dotted.split(".")
+        assert cfg[section][key] == value, dotted
+    cfg = load_config(None, spec.recipe() | {"model.num_classes": 10 if spec.conditional else 0})
+    check_recipe(cfg.model, cfg.loss)
+
+
+def test_weight_clipping_belongs_to_its_variant():
+    cfg = load_config(None, VARIANTS["wgan-gp"].recipe() | {"loss.clip_value": 0.01})
+    with pytest.raises(ValueError, match="clip_value must be unset"):
+        check_recipe(cfg.model, cfg.loss)

@@ -1,17 +1,33 @@
 """The per-worker GAN engines (real DeepSpeed on gloo, one process): every variant steps, the
-generator step leaves D untouched, the critic step leaves G untouched, EMA and state round-trip."""
+generator step leaves D untouched, the critic step leaves G untouched, EMA and state round-trip,
+and a variant registered from outside (a toy hinge-loss one) trains with the engines untouched.
+
+One process group per test session: DeepSpeed keeps references to the groups it saw, so a second
+group in the same process breaks it. Tests that need the engines therefore live in this module.
+"""
 
 from __future__ import annotations
 
 import socket
+from collections import Counter
 
 import pytest
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
 
 from ganforge.cluster.engines import GANEngines
-from ganforge.config import GanforgeConfig, load_config, resolve_config_path
-from ganforge.models import VARIANTS
+from ganforge.config import (
+    GanforgeConfig,
+    LossConfig,
+    ModelConfig,
+    load_config,
+    resolve_config_path,
+)
+from ganforge.models import VARIANTS, VariantSpec, check_recipe, get_variant, register_variant
+from ganforge.models.losses import GANLoss
+from ganforge.models.regularisers import CriticBatch, Penalty, Regulariser, WeightClipping
 
 
 def _free_port() -> int:
@@ -75,9 +91,9 @@ def test_each_variant_steps_and_isolates_gradients(variant):
         "critic step changed G"
     )
     assert any(not torch.equal(a, b) for a, b in zip(d_before, _params(gan.d), strict=True))
-    if VARIANTS[variant].needs_gp:
+    if VARIANTS[variant].has_penalty:
         assert stats.gp is not None and stats.gp >= 0
-    if VARIANTS[variant].needs_clip:
+    if WeightClipping in VARIANTS[variant].regularisers:
         assert max(p.abs().max() for p in gan.d.parameters()) <= gan.cfg.loss.clip_value + 1e-7
 
     d_before = _params(gan.d)
@@ -158,3 +174,130 @@ def test_a_stale_deepspeed_build_lock_is_reported(tmp_path, monkeypatch, caplog)
     with caplog.at_level("WARNING", logger="ganforge.train"):
         assert warn_stale_build_lock() == lock
     assert f"delete {lock.parent}" in caplog.text
+
+
+# -- a variant registered from outside: what a new models/variant_<family>.py holds ----------------
+# (defined here and registered only while a test needs it, so the registry is left as it was)
+calls: Counter[str] = Counter()
+
+
+def hinge_d_loss(real_scores: torch.Tensor, fake_scores: torch.Tensor) -> torch.Tensor:
+    calls["d_loss"] += 1
+    return F.relu(1 - real_scores).mean() + F.relu(1 + fake_scores).mean()
+
+
+def hinge_g_loss(fake_scores: torch.Tensor) -> torch.Tensor:
+    calls["g_loss"] += 1
+    return -fake_scores.mean()
+
+
+HINGE = GANLoss("hinge", hinge_d_loss, hinge_g_loss)
+
+
+class DriftPenalty(Regulariser):
+    """ProGAN's drift term, weight * E[D(x)^2] on reals, lazily every 2nd critic step."""
+
+    adds_penalty = True
+
+    def __init__(self):
+        self.weight, self.every = 0.1, 2
+        self.weights_seen: list[float] = []
+        self.stepped: list[nn.Module] = []
+
+    @classmethod
+    def from_config(cls, loss: LossConfig, model: ModelConfig) -> DriftPenalty:
+        return cls()
+
+    def penalty(self, batch: CriticBatch, weight: float) -> Penalty:
+        self.weights_seen.append(weight)
+        return Penalty(weight * batch.critic(batch.real).pow(2).mean())
+
+    def after_step(self, d: nn.Module) -> None:
+        self.stepped.append(d)
+
+
+class TinyGenerator(nn.Module):
+    def __init__(self, model: ModelConfig):
+        super().__init__()
+        self.num_classes, self.shape = 0, (model.channels, model.resolution, model.resolution)
+        self.fc = nn.Linear(model.z_dim, model.channels * model.resolution**2)
+
+    def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        return torch.tanh(self.fc(z)).view(-1, *self.shape)
+
+
+class TinyCritic(nn.Module):
+    def __init__(self, model: ModelConfig):
+        super().__init__()
+        self.fc = nn.Linear(model.channels * model.resolution**2, 1)
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        return self.fc(x.flatten(1)).squeeze(1)
+
+
+TOY = VariantSpec(
+    name="toy-hinge",
+    build_generator=TinyGenerator,
+    build_discriminator=TinyCritic,
+    loss=HINGE,
+    regularisers=(DriftPenalty,),
+    description="a linear G and critic with the hinge loss and a drift penalty",
+)
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def toy():
+    saved = dict(VARIANTS)
+    spec = register_variant(TOY)
+    yield spec
+    VARIANTS.clear()
+    VARIANTS.update(saved)
+
+
+def _toy_config():
+    small = {"model.width": 8, "model.z_dim": 16, "model.kernels": "torch", "train.micro_batch": 4}
+    return load_config(None, TOY.recipe() | small)
+
+
+def test_a_registered_variant_trains_through_the_engines(toy):
+    assert get_variant("toy-hinge") is toy
+    cfg = _toy_config()
+    check_recipe(cfg.model, cfg.loss)
+    gan = GANEngines(cfg, torch.device("cpu"), rank=0, world_size=1)
+    assert isinstance(gan.g, TinyGenerator) and isinstance(gan.d, TinyCritic)
+    (drift,) = gan.regularisers
+    real, labels = torch.rand(4, 3, 32, 32) * 2 - 1, torch.zeros(4, dtype=torch.long)
+    g_before, d_before = _params(gan.g), _params(gan.d)
+    calls.clear()
+
+    stats = []
+    for _ in range(2):
+        stats.append(gan.critic_step(real, labels))
+        gan.generator_step()
+
+    assert calls == {"d_loss": 2, "g_loss": 2}
+    assert drift.weights_seen == [pytest.approx(0.2)]  # lazy: step 0 of 2, weighted by every=2
+    assert stats[0].gp is not None and stats[0].gp > 0 and stats[1].gp is None
+    assert len(drift.stepped) == 2 and all(d is gan.d for d in drift.stepped)
+    assert any(not torch.equal(a, b) for a, b in zip(g_before, _params(gan.g), strict=True))
+    assert any(not torch.equal(a, b) for a, b in zip(d_before, _params(gan.d), strict=True))
+
+
+def test_recipe_checks_apply_to_a_registered_variant(toy):
+    cfg = _toy_config()
+    cfg.loss.kind = "wasserstein"
+    with pytest.raises(ValueError, match="loss.kind must be 'hinge'"):
+        check_recipe(cfg.model, cfg.loss)
+    cfg = _toy_config()
+    cfg.loss.gp_lambda = 10.0  # the registered gradient penalty is not part of this variant
+    with pytest.raises(ValueError, match="gp_lambda must be 0"):
+        check_recipe(cfg.model, cfg.loss)
+    cfg.model.variant = "nope"
+    with pytest.raises(ValueError, match="registered variants: .*toy-hinge"):
+        check_recipe(cfg.model, cfg.loss)
+
+
+def test_a_name_registers_once(toy):
+    with pytest.raises(ValueError, match="already registered"):
+        register_variant(TOY)

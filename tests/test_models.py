@@ -1,12 +1,14 @@
-"""Model shapes for every variant, resolution and channel count."""
+"""Model shapes for every variant, resolution and channel count; the built-in losses."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from ganforge.config import ModelConfig
 from ganforge.models import VARIANTS, build_discriminator, build_generator
+from ganforge.models.losses import d_loss, g_loss
 
 
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
@@ -43,3 +45,18 @@ def test_conditional_generator_depends_on_label():
 def test_wgan_gp_critic_has_no_batchnorm():
     d = build_discriminator(ModelConfig(variant="wgan-gp", width=8))
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in d.modules())
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_spec_conditional_matches_what_it_builds(variant):
+    spec = VARIANTS[variant]
+    g = spec.build_generator(ModelConfig(variant=variant, width=8, num_classes=5, kernels="torch"))
+    assert (g.num_classes > 0) == spec.conditional
+
+
+def test_built_in_losses_are_found_by_name():
+    real, fake = torch.tensor([2.0, -1.0]), torch.tensor([0.5, -3.0])
+    torch.testing.assert_close(d_loss("wasserstein", real, fake), fake.mean() - real.mean())
+    torch.testing.assert_close(g_loss("bce", fake), F.softplus(-fake).mean())
+    with pytest.raises(ValueError, match="unknown loss kind"):
+        d_loss("hinge", real, fake)

@@ -45,7 +45,7 @@ def test_variant_trains_and_writes_the_run_dir(variant, shards, tmp_path, ray_cl
     assert [r["step"] for r in records] == [1, 2, 3]
     for key in ("images_seen", "loss_d", "loss_g", "images_per_s", "input_wait_frac", "lr_g"):
         assert key in records[-1], key
-    assert ("gp" in records[-1]) == VARIANTS[variant].needs_gp
+    assert ("gp" in records[-1]) == VARIANTS[variant].has_penalty
     assert all(torch.isfinite(torch.tensor(r["loss_d"])) for r in records)
     assert list((run / "tensorboard").glob("events.out.tfevents.*"))
     loaded = load_model(run)
