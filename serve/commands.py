@@ -2,7 +2,30 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import typer
+
+from ganforge.serve.schemas import AppArgs
+
+# A field's inclusive bounds (pydantic's `ge`/`le` metadata) -> typer's `min`/`max`. Exclusive
+# ones have no typer option; AppArgs itself still enforces them.
+_BOUNDS = {"ge": "min", "le": "max"}
+
+
+def app_option(field: str, *decls: str, help: str | None = None) -> Any:
+    """A typer option for the `AppArgs` field `field`: its default, bounds and (unless `help` is
+    given) help text are the field's own, so `--help` shows the app's real defaults and the CLI
+    never restates them."""
+    info = AppArgs.model_fields[field]
+    bounds = {
+        option: getattr(meta, attr)
+        for meta in info.metadata
+        for attr, option in _BOUNDS.items()
+        if getattr(meta, attr, None) is not None
+    }
+    text = help or " ".join((info.description or "").split())
+    return typer.Option(info.default, *decls, help=text, **bounds)
 
 
 def _fail(message: str) -> None:
@@ -41,28 +64,21 @@ def serve_cmd(
     ),
     host: str = typer.Option("127.0.0.1", help="Address the HTTP proxy binds (0.0.0.0 = all)."),
     port: int = typer.Option(8000, min=1, max=65535, help="HTTP port of the Serve proxy."),
-    replicas: int = typer.Option(1, min=1, help="Replicas of the app deployment."),
-    gpu: bool = typer.Option(False, "--gpu", help="One GPU per replica."),
-    max_batch_size: int = typer.Option(
-        32, min=1, help="Most images per generator forward pass (dynamic batching)."
+    replicas: int = app_option(
+        "num_replicas", "--replicas", help="Replicas of the app deployment."
     ),
-    batch_wait_s: float = typer.Option(
-        0.0,
-        min=0.0,
-        help="How long a batch waits to fill after its first request (0: take what is queued).",
-    ),
-    max_images_per_request: int = typer.Option(64, min=1, help="Most images per request."),
-    max_upload_bytes: int = typer.Option(1_048_576, min=1024, help="Largest request body."),
-    max_ongoing_requests: int | None = typer.Option(
-        None,
-        min=1,
+    gpu: bool = app_option("gpu", "--gpu"),
+    max_batch_size: int = app_option("max_batch_size"),
+    batch_wait_s: float = app_option("batch_wait_timeout_s", "--batch-wait-s"),
+    max_images_per_request: int = app_option("max_images_per_request"),
+    max_upload_bytes: int = app_option("max_upload_bytes"),
+    max_ongoing_requests: int | None = app_option(
+        "max_ongoing_requests",
         help="Requests one replica holds at once (>= --max-batch-size); default max(256, 2 x "
         "--max-batch-size). Beyond it, requests wait in the proxy.",
     ),
-    max_queued_requests: int = typer.Option(
-        256, min=-1, help="Requests queued beyond the replicas' capacity before fast 503s."
-    ),
-    num_cpus: float = typer.Option(1.0, min=0.0, help="CPUs reserved per replica."),
+    max_queued_requests: int = app_option("max_queued_requests"),
+    num_cpus: float = app_option("num_cpus"),
 ) -> None:
     """Serve trained generators over HTTP (Ray Serve) until Ctrl-C.
 

@@ -22,8 +22,8 @@ from starlette.responses import Response
 
 from ganforge.serve.middleware import relative_path
 
-# handler(validated body, scope["state"]) -> the response. Registered on the app's state by the
-# deployment (`app.state.fast_routes[path]`), so the route needs the replica's own instance.
+# handler(validated body, scope["state"]) -> the response: a bound method of the replica that
+# built the app, given to the middleware with the app (serve.routes).
 Handler = Callable[[Any, dict[str, Any]], Awaitable[Response]]
 
 
@@ -51,14 +51,14 @@ def replay(body: bytes, receive):
 class FastPath:
     """Pure-ASGI middleware: serves `POST <path>` with a JSON body valid for `model`, and (when
     `from_query` is given) `GET <path>` whose query parameters `from_query` turns into a valid
-    `model`, by calling the handler registered for `path`; passes everything else to the wrapped
-    app unchanged.
+    `model`, by calling `handler` (None: none, FastAPI serves everything); passes everything else
+    to the wrapped app unchanged.
 
     GET matters on Ray Serve: a replica pulls a request's body from the proxy with one more
     actor call, a round trip on every POST's critical path that a GET does not wait for.
 
     Sits inside the request-metrics middleware, so fast requests are counted, timed and held to
-    the body limit like any other. `on_error(app, exc)` turns an `error_type` exception from the
+    the body limit like any other. `on_error(exc)` turns an `error_type` exception from the
     handler into a response (what the app's own exception handler answers); others propagate.
     """
 
@@ -67,27 +67,24 @@ class FastPath:
         app,
         path: str,
         model: type[BaseModel],
+        handler: Handler | None,
         error_type: type[Exception],
-        on_error: Callable[[Any, Exception], Response],
+        on_error: Callable[[Exception], Response],
         from_query: Callable[[Iterable[tuple[str, str]]], BaseModel] | None = None,
     ):
-        self.app, self.path, self.model = app, path, model
+        self.app, self.path, self.model, self.handler = app, path, model, handler
         self.error_type, self.on_error, self.from_query = error_type, on_error, from_query
 
-    def _handler(self, scope: dict[str, Any]) -> Handler | None:
-        if scope["type"] != "http" or relative_path(scope) != self.path:
-            return None
+    def _serves(self, scope: dict[str, Any]) -> bool:
+        if self.handler is None or scope["type"] != "http" or relative_path(scope) != self.path:
+            return False
         method = scope.get("method")
-        if not (method == "POST" and _is_json(scope)) and not (
+        return (method == "POST" and _is_json(scope)) or (
             method == "GET" and self.from_query is not None
-        ):
-            return None
-        routes = getattr(getattr(scope.get("app"), "state", None), "fast_routes", None) or {}
-        return routes.get(self.path)
+        )
 
     async def __call__(self, scope, receive, send):
-        handler = self._handler(scope)
-        if handler is None:
+        if not self._serves(scope):
             await self.app(scope, receive, send)
             return
         if scope["method"] == "GET":
@@ -112,7 +109,7 @@ class FastPath:
                 await self.app(scope, replay(body, receive), send)
                 return
         try:
-            response = await handler(parsed, scope.setdefault("state", {}))
+            response = await self.handler(parsed, scope.setdefault("state", {}))
         except self.error_type as e:
-            response = self.on_error(scope.get("app"), e)
+            response = self.on_error(e)
         await response(scope, receive, send)

@@ -77,12 +77,13 @@ async def _send_json(send, status: int, detail: str) -> None:
 class RequestMetricsMiddleware:
     """Counts every answered request by model/route/status and times it.
 
-    Handlers name the model in `request.state.model` (scope["state"]); the body limit comes from
-    `app.state.max_body_bytes`, set by the deployment.
+    Handlers name the model in `request.state.model` (scope["state"]). `max_body_bytes`: the
+    body limit (None: none), given by whoever builds the app (serve.routes, per replica).
     """
 
-    def __init__(self, app):
+    def __init__(self, app, max_body_bytes: int | None = None):
         self.app = app
+        self.max_body_bytes = max_body_bytes
         self.in_flight = 0
         self._sampler: asyncio.Task | None = None
 
@@ -137,11 +138,9 @@ class RequestMetricsMiddleware:
                 (time.perf_counter() - t0) * 1e3, tags={"model": model, "route": route}
             )
 
-    @staticmethod
-    def _check_size(scope) -> tuple[tuple[int, str] | None, int | None]:
+    def _check_size(self, scope) -> tuple[tuple[int, str] | None, int | None]:
         """(refusal or None, the limit a streamed body must keep to or None)."""
-        app = scope.get("app")
-        limit = getattr(getattr(app, "state", None), "max_body_bytes", None)
+        limit = self.max_body_bytes
         if limit is None:
             return None, None
         for key, value in scope.get("headers", []):

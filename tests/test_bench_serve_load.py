@@ -17,14 +17,10 @@ import pytest
 import torch
 from starlette.requests import Request
 
-from bench.serve_load import (
-    cpu_vs_floor,
-    generator_ms_per_image,
-    receive_post_body,
-    server_specs,
-    session_cpu_seconds,
-    summarize,
-)
+from bench.serve_load_client import session_cpu_seconds
+from bench.serve_load_floor import generator_ms_per_image, receive_post_body
+from bench.serve_load_report import cpu_vs_floor, summarize
+from bench.serve_load_servers import server_specs
 
 sys.path.insert(0, str(Path(__file__).parent))
 from serve_helpers import CLASSES, make_checkpoint  # noqa: E402

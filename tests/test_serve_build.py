@@ -147,8 +147,10 @@ def test_cli_refuses_bad_checkpoint_before_starting_ray(tmp_path):
 
 
 def test_cli_defaults_are_the_app_defaults():
-    """`ganforge serve` restates AppArgs' defaults in its options (the CLI imports no pydantic
-    model at start-up); this pins them together."""
+    """`ganforge serve` takes its options' defaults and bounds from AppArgs' fields
+    (`serve.commands.app_option`), and its --help shows them."""
+    import click
+
     from ganforge.cli import app
 
     serve_cmd = typer.main.get_command(app).commands["serve"]
@@ -158,6 +160,16 @@ def test_cli_defaults_are_the_app_defaults():
     names += ["max_upload_bytes", "max_ongoing_requests", "max_queued_requests", "num_cpus"]
     for name in names:
         assert cli[name] == AppArgs.model_fields[field.get(name, name)].default, name
+    # What --help prints for each option: the field's default and its lower bound.
+    ctx = click.Context(serve_cmd, info_name="serve")
+    shown = {p.name: p.get_help_record(ctx)[1] for p in serve_cmd.params}
+    for name in names:
+        info = AppArgs.model_fields[field.get(name, name)]
+        if info.default is not None and not isinstance(info.default, bool):
+            assert f"[default: {info.default};" in shown[name], (name, shown[name])
+        lower = [m.ge for m in info.metadata if getattr(m, "ge", None) is not None]
+        if lower:
+            assert f"{lower[0]}<=x" in shown[name] or f"x>={lower[0]}" in shown[name], name
 
 
 def test_cli_passes_max_ongoing_requests_to_the_app_checks(tmp_path):

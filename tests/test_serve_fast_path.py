@@ -1,7 +1,8 @@
 """`serve.fast_path.FastPath` in process: which requests (JSON POSTs, GETs with a query) it
 serves and which it hands to FastAPI, with the body intact. A small FastAPI app (no Ray) stands
 in for the deployment; the real app's fast and FastAPI routes are compared end to end in
-tests/test_serve.py."""
+tests/test_serve.py. Last, the app's own HTTP layer (`serve.routes.build_http_app`) around
+stand-in replicas: each app built in a process keeps its own settings."""
 
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from ganforge.serve.fast_path import FastPath
+from ganforge.serve.routes import build_http_app
+from ganforge.serve.schemas import ApiError, ModelsResponse
 
 
 class Body(BaseModel):
@@ -35,17 +38,8 @@ def body_from_query(items) -> Body:
     return Body.model_validate(fields)
 
 
-def make_app(query: bool = True) -> tuple[FastAPI, dict[str, list]]:
+def make_app(query: bool = True, handler: bool = True) -> tuple[FastAPI, dict[str, list]]:
     calls: dict[str, list] = {"fast": [], "route": []}
-    app = FastAPI()
-    app.add_middleware(
-        FastPath,
-        path="/v1/go",
-        model=Body,
-        error_type=Refused,
-        on_error=lambda _app, e: JSONResponse({"detail": str(e)}, status_code=409),
-        from_query=body_from_query if query else None,
-    )
 
     async def fast(body: Body, state: dict) -> Response:
         calls["fast"].append(body)
@@ -54,7 +48,16 @@ def make_app(query: bool = True) -> tuple[FastAPI, dict[str, list]]:
             raise Refused("refused by the handler")
         return Response(f"fast:{body.name}:{body.count}", media_type="text/plain")
 
-    app.state.fast_routes = {"/v1/go": fast}
+    app = FastAPI()
+    app.add_middleware(
+        FastPath,
+        path="/v1/go",
+        model=Body,
+        handler=fast if handler else None,
+        error_type=Refused,
+        on_error=lambda e: JSONResponse({"detail": str(e)}, status_code=409),
+        from_query=body_from_query if query else None,
+    )
 
     @app.post("/v1/go")
     async def route(body: Body) -> Response:
@@ -155,8 +158,7 @@ def test_the_handler_errors_become_the_apps_error_response():
 
 
 def test_without_a_registered_handler_fastapi_serves_everything():
-    app, calls = make_app()
-    app.state.fast_routes = {}
+    app, calls = make_app(handler=False)
     r = post(app, b'{"name": "d"}')
     assert r.text == "route:d:1" and calls["fast"] == []
 
@@ -199,3 +201,69 @@ def test_a_get_on_another_path_is_not_intercepted():
     app, calls = make_app()
     assert get(app, "name=a", path="/v1/gone").status_code == 404
     assert calls["fast"] == []
+
+
+class StandInReplica:
+    """The handlers `build_http_app` calls, answering with the replica's name; model "busy"
+    gets a 503 (as an overloaded or out-of-memory replica answers)."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def check_health(self) -> None:
+        pass
+
+    def model_names(self) -> list[str]:
+        return [self.name]
+
+    def models(self) -> ModelsResponse:
+        return ModelsResponse(models=[])
+
+    async def generate_response(self, body, state: dict) -> Response:
+        state["model"] = body.model
+        if body.model == "busy":
+            raise ApiError(503, f"{self.name} is busy")
+        return Response(f"{self.name}:{body.model}", media_type="text/plain")
+
+    async def score(self, model, files, label, state):
+        raise ApiError(404, f"unknown model {model!r}")
+
+
+def test_two_apps_in_one_process_keep_their_own_settings():
+    """Body limit, Retry-After and the fast path's handler are each app's own: nothing is
+    shared through module state, whichever app was built or called last."""
+    small = build_http_app(StandInReplica("small"), max_body_bytes=2048, retry_after_s=2)
+    large = build_http_app(StandInReplica("large"), max_body_bytes=1 << 20, retry_after_s=7.5)
+    padded = json.dumps({"model": "m"}) + " " * 4000  # valid JSON of ~4 KB
+    json_type = {"content-type": "application/json"}
+    routed_type = {"content-type": "application/x.test+json"}  # FastAPI's route, not the fast path
+
+    async def go():
+        answers = {}
+        for name, app in (("small", small), ("large", large), ("small again", small)):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+                answers[name] = [
+                    await client.post("/v1/generate", content=padded, headers=json_type),
+                    await client.get("/v1/generate?model=busy"),
+                    await client.post("/v1/generate", json={"model": "busy"}),
+                    await client.post(
+                        "/v1/generate", content=b'{"model": "busy"}', headers=routed_type
+                    ),
+                    await client.get("/healthz"),
+                ]
+        return answers
+
+    answers = asyncio.run(go())
+    for name in ("small", "small again"):
+        big_body, *busy, health = answers[name]
+        assert big_body.status_code == 413, big_body.text
+        assert "exceeds the limit of 2048 bytes" in big_body.json()["detail"]
+        assert [(r.status_code, r.headers.get("retry-after")) for r in busy] == [(503, "2")] * 3
+        assert all(r.json()["detail"] == "small is busy" for r in busy)
+        assert health.json()["models"] == ["small"]
+    big_body, *busy, health = answers["large"]
+    assert (big_body.status_code, big_body.text) == (200, "large:m")
+    assert [(r.status_code, r.headers.get("retry-after")) for r in busy] == [(503, "8")] * 3
+    assert all(r.json()["detail"] == "large is busy" for r in busy)
+    assert health.json()["models"] == ["large"]

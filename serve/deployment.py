@@ -1,0 +1,203 @@
+"""The ganforge Ray Serve deployment: one replica holds every served model.
+
+One deployment (not ingress + model deployments): on CPU the per-request hop between actors
+costs more than a generator forward pass, so parsing, batching, inference and encoding share a
+replica. Each image of a request is one item of `@serve.batch`, so `max_batch_size` counts
+images and batches fill first come, first served across requests; one forward pass per model.
+The replica's HTTP app (serve.routes) is built per replica, with the replica's own settings.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from fastapi import FastAPI, UploadFile
+from fastapi.responses import Response
+from ray import serve
+
+from ganforge.images import to_uint8
+from ganforge.models import get_variant
+from ganforge.serve import codecs
+from ganforge.serve.handling import SCORE_CAVEAT, generate_response, score_images
+from ganforge.serve.metrics import get_metrics
+from ganforge.serve.model_pool import ModelPool
+from ganforge.serve.routes import build_http_app
+from ganforge.serve.schemas import (
+    ApiError,
+    AppArgs,
+    GenerateRequest,
+    ModelsResponse,
+    Score,
+    ScoreResponse,
+)
+
+log = logging.getLogger("ganforge.serve")
+
+
+@dataclass
+class Latent:
+    """One image to generate: its model, latent [z_dim] and class index (None: unconditional).
+
+    One batch item per image rather than per request, so `max_batch_size` counts images without
+    a `batch_size_fn`: with one, Serve recomputes the size of the whole batch for every item it
+    adds (quadratic in the batch) and puts an item that does not fit at the back of the queue,
+    out of arrival order."""
+
+    model: str
+    z: torch.Tensor
+    label: int | None
+
+
+@serve.deployment(name="ganforge")
+@serve.ingress()  # the HTTP app comes from `__serve_build_asgi_app__`, once per replica
+class GanforgeServer:
+    """Holds every served model; `__init__` loads, `_run_batch` infers, the routes parse."""
+
+    def __init__(self, args: dict[str, Any]):
+        self.args = AppArgs.model_validate(args)
+        device = "cuda" if self.args.gpu and torch.cuda.is_available() else "cpu"
+        if device == "cpu":
+            torch.set_num_threads(max(1, int(self.args.num_cpus)))
+        self.pool = ModelPool(self.args.models, device, warmup_batch=self.args.max_batch_size)
+        self._run_batch.set_max_batch_size(self.args.max_batch_size)
+        self._run_batch.set_batch_wait_timeout_s(self.args.batch_wait_timeout_s)
+        self.metrics = get_metrics()
+        for name, m in self.pool.models.items():
+            self.metrics.load_time.set(m.load_time_s, tags={"model": name})
+        # The last inference error since the models last passed a probe; None = none seen.
+        self._last_error: str | None = None
+
+    def __serve_build_asgi_app__(self) -> FastAPI:
+        """Serve calls this after `__init__`: the replica's HTTP app, with its own settings."""
+        return build_http_app(
+            self, max_body_bytes=self.args.max_upload_bytes, retry_after_s=self.args.retry_after_s
+        )
+
+    def _model_label(self, name: str) -> str:
+        # Bounded metric label values: arbitrary names from clients become "unknown".
+        return name if name in self.pool.models else "unknown"
+
+    def model_names(self) -> list[str]:
+        return list(self.pool.models)
+
+    def models(self) -> ModelsResponse:
+        return ModelsResponse(models=[m.info() for m in self.pool.models.values()])
+
+    def check_health(self) -> None:
+        """Serve's periodic health check (and /healthz). After an inference error, probe every
+        model with a 1-image forward pass: a fault that persists fails the check (Serve then
+        replaces the replica); one bad batch alone does not."""
+        if self._last_error is None:
+            return
+        try:
+            self.pool.probe()
+        except Exception as e:
+            raise RuntimeError(f"{e} (last request error: {self._last_error})") from None
+        log.info("models pass the probe again after: %s", self._last_error)
+        self._last_error = None
+
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.0)  # both set from AppArgs
+    async def _run_batch(self, items: list[Latent]) -> list[np.ndarray | ApiError]:
+        """One forward pass per model, images converted to uint8 [H, W, C] once per batch (no
+        torch call is left on the request path after it). A failing model's items get an
+        ApiError (returned, not raised, so the other models' requests in the same batch still
+        get their images)."""
+        out: list[np.ndarray | ApiError | None] = [None] * len(items)
+        for name in dict.fromkeys(c.model for c in items):
+            idx = [i for i, c in enumerate(items) if c.model == name]
+            z = torch.stack([items[i].z for i in idx])
+            labels = (
+                None
+                if items[idx[0]].label is None
+                else torch.tensor([items[i].label for i in idx], dtype=torch.long)
+            )
+            t0 = time.perf_counter()
+            try:
+                # Inline on the event loop, like a bare Serve deployment: measured on 2 CPU cores,
+                # a worker thread (asyncio.to_thread) lost 10-30% throughput to contention.
+                images = self.pool.generate(name, z, labels)
+            except torch.OutOfMemoryError as e:
+                # Transient by nature: too much at once. The client retries after Retry-After.
+                err = ApiError(503, f"out of memory while generating {len(z)} images: {e}")
+                for i in idx:
+                    out[i] = err
+                continue
+            except Exception as e:
+                log.exception("model %s failed on a batch of %d images", name, len(z))
+                self._last_error = f"{name}: {type(e).__name__}: {e}"
+                err = ApiError(500, f"model {name!r} failed on this batch: {type(e).__name__}: {e}")
+                for i in idx:
+                    out[i] = err
+                continue
+            self.metrics.inference_latency.observe(
+                (time.perf_counter() - t0) * 1e3, tags={"model": name}
+            )
+            self.metrics.batch_size.observe(len(z), tags={"model": name})
+            for i, image in zip(idx, to_uint8(images), strict=True):
+                out[i] = image
+        return out
+
+    async def generate_response(self, body: GenerateRequest, state: dict[str, Any]) -> Response:
+        """`/v1/generate` for a validated request (a POST body or a GET query), from the FastAPI
+        routes or the fast path (serve.fast_path); names the model in `state`."""
+        state["model"] = self._model_label(body.model)
+        plan = self.pool.plan(body, self.args.max_images_per_request)
+        n, labels = len(plan.z), plan.labels
+        items = [
+            Latent(body.model, z, None if labels is None else labels[i])
+            for i, z in enumerate(plan.z.unbind())
+        ]
+        if n == 1:  # the usual case: no gather
+            parts = [await self._run_batch(items[0])]
+        else:
+            parts = await asyncio.gather(*(self._run_batch(item) for item in items))
+        for part in parts:
+            if isinstance(part, ApiError):
+                raise part
+        images = parts[0][None] if n == 1 else np.stack(parts)  # uint8 [N, H, W, C]
+        self._count_images(plan.model.name, labels, plan.model.class_names, n)
+        return generate_response(body, plan, images)
+
+    def _count_images(self, model: str, labels: list[int] | None, names: list[str], n: int) -> None:
+        if labels is None:
+            self.metrics.images.inc(n, tags={"model": model, "class": "-"})
+            return
+        for idx, count in Counter(labels).items():
+            self.metrics.images.inc(count, tags={"model": model, "class": names[idx]})
+
+    async def score(
+        self, model: str, files: list[UploadFile], label: str | None, state: dict[str, Any]
+    ) -> ScoreResponse:
+        """`/v1/score`: decode the uploads to the model's resolution and score them off the
+        event loop; names the model in `state`."""
+        state["model"] = self._model_label(model)
+        served = self.pool.get(model)
+        if len(files) > self.args.max_images_per_request:
+            raise ApiError(
+                413,
+                f"{len(files)} files uploaded; the limit is "
+                f"{self.args.max_images_per_request} per request",
+            )
+        m = served.loaded.config.model
+        decoded = [
+            codecs.decode_upload(await f.read(), f.filename, m.resolution, m.channels)
+            for f in files
+        ]
+        x = torch.stack([d[0] for d in decoded])
+        scores = await asyncio.to_thread(score_images, self.pool, served, x, label)
+        return ScoreResponse(
+            model=model,
+            score_kind=get_variant(served.loaded.config.model.variant).loss.score_kind,
+            scores=[
+                Score(filename=f.filename, resized=d[1], **s)
+                for f, d, s in zip(files, decoded, scores, strict=True)
+            ],
+            caveat=SCORE_CAVEAT,
+        )
