@@ -126,9 +126,8 @@ class AppArgs(_Strict):
 
 def default_ongoing_requests(max_batch_size: int) -> int:
     """`max_ongoing_requests` when not given. Headroom over the clients one replica usually
-    faces: a full replica rejects a request and Serve's router retries it after a backoff (25 ms
-    doubling to 0.5 s), which showed as the p99 tail of 128 clients against a limit of 128
-    (docs/readme/serve.md)."""
+    faces: a full replica rejects a request and Serve's router retries it after a backoff, which
+    showed as the p99 tail of 128 clients against a limit of 128 (docs/serving-benchmark.md)."""
     return max(256, 2 * max_batch_size)
 
 
