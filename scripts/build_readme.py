@@ -467,9 +467,19 @@ def anchor(title: str) -> str:
     return kept.replace(" ", "-")
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        description="Rebuild README.md and docs/*.md from docs/readme/ and docs/src/, filling "
+        "every figure placeholder from its result file."
+    )
+    parser.add_argument(
+        "--check", action="store_true", help="write nothing; exit 1 when a file is out of date"
+    )
+    args = parser.parse_args(argv)
     outputs = {ROOT / "README.md": render(), **render_pages()}
-    if "--check" in sys.argv:
+    if args.check:
         bad = [_rel(p) for p, text in outputs.items() if not p.is_file() or p.read_text() != text]
         bad += [f"{_rel(p)} (its source docs/src/{p.name} is gone)" for p in stale_pages()]
         if bad:
