@@ -60,20 +60,25 @@ def timed_pass(batches) -> tuple[float, int]:
 
 def baseline(root: Path, workers: int, batch: int) -> float:
     loader = torch.utils.data.DataLoader(
-        ImageFolderBaseline(root), batch_size=batch, shuffle=True, num_workers=workers,
-        drop_last=True, generator=torch.Generator().manual_seed(0),
-    )  # fmt: skip
+        ImageFolderBaseline(root),
+        batch_size=batch,
+        shuffle=True,
+        num_workers=workers,
+        drop_last=True,
+        generator=torch.Generator().manual_seed(0),
+    )
     return timed_pass(loader)[0]
 
 
 def shards(out: Path, workers: int, batch: int) -> float:
     from ganforge.config import DataConfig
-    from ganforge.data.loader import build_loader
+    from ganforge.data.loader import LoaderOptions, build_loader
     from ganforge.data.resolve import resolve_data
 
     cfg = DataConfig(urls=str(out), resample=False, num_workers=workers, shuffle_buffer=1000)
     urls, _ = resolve_data(cfg)
-    return timed_pass(build_loader(urls, cfg, batch, 32, 3))[0]
+    shape = LoaderOptions(batch_size=batch, image_size=32, channels=3)
+    return timed_pass(build_loader(urls, cfg, shape))[0]
 
 
 def prepare(archive: Path, per_class: int, tmp: Path) -> tuple[Path, dict[str, Path]]:
@@ -119,11 +124,15 @@ def main() -> None:
             print(json.dumps(row), flush=True)
             results.append(row)
     out = {
-        "benchmark": "data_loader", **environment(), "images": n_images, "batch": args.batch,
+        "benchmark": "data_loader",
+        **environment(),
+        "images": n_images,
+        "batch": args.batch,
         "command": " ".join(["python -m bench.data_loader", *sys.argv[1:]]),
-        "image_size": 32, "results": results,
+        "image_size": 32,
+        "results": results,
         "goal": "shard pipeline >= 3x the ImageFolder baseline per worker",
-    }  # fmt: skip
+    }
     text = json.dumps(out, indent=1)
     print(text)
     if args.out:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from bench.common import environment
 from ganforge.config import load_config, resolve_config_path
+from ganforge.rundir import RunDir
 
 
 def measure(variant: str, data: str | None, workers: int, steps: int, batch: int) -> float:
@@ -36,7 +37,7 @@ def measure(variant: str, data: str | None, workers: int, steps: int, batch: int
             },
         )
         run = run_training(cfg, resume=False, show_progress=False)
-        recs = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+        recs = [json.loads(x) for x in RunDir(run).metrics_path.read_text().splitlines()]
     return statistics.median(r["images_per_s"] for r in recs[1:])
 
 

@@ -27,6 +27,7 @@ import torch
 
 from bench.common import environment
 from ganforge.config import GanforgeConfig, load_config, resolve_config_path
+from ganforge.rundir import RunDir
 
 
 def _config(
@@ -55,7 +56,7 @@ def plain_pytorch(
     cfg: GanforgeConfig, urls: list[str], warmup: int, mode: str = "eager", device: str = "cpu"
 ) -> float:
     """The reference: same models/losses/penalty, torch optimizers, no Ray, no DeepSpeed."""
-    from ganforge.data.loader import build_loader
+    from ganforge.data.loader import LoaderOptions, build_loader
     from ganforge.kernels import gradient_penalty
     from ganforge.models import build_discriminator, build_generator, get_variant
     from ganforge.models.losses import d_loss, g_loss
@@ -75,18 +76,8 @@ def plain_pytorch(
     kw_d = {"betas": cfg.optim_d.betas} if cfg.optim_d.name == "adam" else {}
     opt_g = opt[cfg.optim_g.name](g.parameters(), lr=cfg.optim_g.lr, **kw_g)
     opt_d = opt[cfg.optim_d.name](d.parameters(), lr=cfg.optim_d.lr, **kw_d)
-    loader = build_loader(
-        urls,
-        cfg.data,
-        cfg.train.micro_batch,
-        cfg.model.resolution,
-        cfg.model.channels,
-        0,
-        1,
-        0,
-        0,
-        False,
-    )
+    shape = LoaderOptions(cfg.train.micro_batch, cfg.model.resolution, cfg.model.channels)
+    loader = build_loader(urls, cfg.data, shape)  # rank 0 of 1, seed 0, no pinning
     batches, b = iter(loader), cfg.train.micro_batch
     ncls = g.num_classes
 
@@ -160,7 +151,7 @@ def ganforge_train(cfg: GanforgeConfig) -> float:
     from ganforge.cluster.launch import run_training
 
     run = run_training(cfg, resume=False, show_progress=False)
-    recs = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    recs = [json.loads(x) for x in RunDir(run).metrics_path.read_text().splitlines()]
     rates = [r["images_per_s"] for r in recs[1:]]  # first window holds compile/warm-up
     return statistics.median(rates)
 

@@ -20,7 +20,6 @@ import torch
 from ganforge.checkpoint import (
     CheckpointError,
     checkpoint_meta,
-    checkpoint_root,
     hash_tree,
     latest_valid,
     list_checkpoints,
@@ -30,7 +29,7 @@ from ganforge.checkpoint import (
 )
 from ganforge.cluster.distributed import all_gather_object, broadcast_object
 from ganforge.cluster.engines import GANEngines
-from ganforge.storage import RemoteRun
+from ganforge.rundir import CheckpointDir, RunDir
 
 log = logging.getLogger("ganforge.train")
 
@@ -43,11 +42,12 @@ def save_and_report(
 
     t0 = time.perf_counter()
     tmp = Path(tempfile.mkdtemp(prefix=f"ganforge-ckpt-{step:06d}-r{gan.rank}-"))
+    part = CheckpointDir(tmp)
     try:
-        gan.save_engines(str(tmp / "deepspeed"))
+        gan.save_engines(str(part.deepspeed))
         torch.save(
             {"step": step, "images_seen": images_seen, "world_size": gan.world, **gan.rank_state()},
-            tmp / f"rank-{gan.rank}.pt",
+            part.rank_state(gan.rank),
         )
         if gan.rank == 0:
             write_weights(tmp, gan.g, gan.ema.module, gan.d)
@@ -60,55 +60,57 @@ def save_and_report(
         ray.train.report(
             metrics,
             checkpoint=ray.train.Checkpoint.from_directory(str(tmp)),
-            checkpoint_dir_name=f"step-{step:06d}",
+            checkpoint_dir_name=CheckpointDir.dir_name(step),
         )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return time.perf_counter() - t0
 
 
-def find_resume_point(run_dir: Path, rank: int, store: RemoteRun | None = None) -> Path | None:
+def find_resume_point(run: RunDir, rank: int) -> Path | None:
     """Rank 0 picks the newest checkpoint that verifies (Ray's latest first); all ranks agree."""
     import ray.train
 
-    if store is not None:
-        return _download_resume_point(store, rank)
+    if run.store is not None:
+        return _download_resume_point(run, rank)
     choice = None
     if rank == 0:
         candidates = []
         ckpt = ray.train.get_checkpoint()
         if ckpt is not None and Path(ckpt.path).is_dir():
             candidates.append(Path(ckpt.path))
-        found = latest_valid(checkpoint_root(run_dir), candidates)
+        found = latest_valid(run.checkpoints, candidates)
         choice = str(found) if found else None
     choice = broadcast_object(choice)
     return Path(choice) if choice else None
 
 
-def _download_resume_point(store: RemoteRun, rank: int) -> Path | None:
+def _download_resume_point(run: RunDir, rank: int) -> Path | None:
     """Object-store run: rank 0 downloads checkpoints newest first until one verifies, then every
     other rank downloads that one into its own folder (ranks may share a node)."""
-    names = [d.name for _, d in list_checkpoints(store.pull_markers())] if rank == 0 else []
+    names = [d.name for _, d in list_checkpoints(run.pull_markers())] if rank == 0 else []
+    dest = run.restore_dir(rank)
     choice = None
     for name in names:
-        local = store.pull_tree(f"checkpoints/{name}", store.local / ".restore" / f"rank-{rank}")
+        local = run.pull_checkpoint(name, dest)
         try:
-            verify(local)
+            verify(local.path)
             choice = name
             break
         except CheckpointError as e:
-            log.warning("skipping checkpoint %s/checkpoints/%s: %s", store.uri, name, e)
+            log.warning("skipping checkpoint %s: %s", run.uri_of(run.checkpoint(name).path), e)
     choice = broadcast_object(choice)
     if choice is None:
         return None
     if rank != 0:
-        store.pull_tree(f"checkpoints/{choice}", store.local / ".restore" / f"rank-{rank}")
-    return store.local / ".restore" / f"rank-{rank}"
+        run.pull_checkpoint(choice, dest)
+    return dest
 
 
 def restore(gan: GANEngines, ckpt: Path) -> tuple[int, int]:
     """Load engines, EMA, RNG and noise state; returns (step, images_seen)."""
-    rank_file = ckpt / f"rank-{gan.rank}.pt"
+    files = CheckpointDir(ckpt)
+    rank_file = files.rank_state(gan.rank)
     if not rank_file.is_file():
         raise RuntimeError(
             f"{ckpt} has no {rank_file.name}: it was written by a run with a different number "
@@ -120,8 +122,8 @@ def restore(gan: GANEngines, ckpt: Path) -> tuple[int, int]:
         raise RuntimeError(
             f"{ckpt} was written by {state['world_size']} workers, this run has {gan.world}"
         )
-    gan.load_engines(str(ckpt / "deepspeed"))
-    weights = torch.load(ckpt / "weights.pt", map_location="cpu", weights_only=True)
+    gan.load_engines(str(files.deepspeed))
+    weights = torch.load(files.weights, map_location="cpu", weights_only=True)
     gan.ema.module.load_state_dict(weights["generator_ema"])
     gan.load_rank_state(state)
     return int(state["step"]), int(state["images_seen"])

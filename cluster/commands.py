@@ -96,13 +96,14 @@ def demo(
     from ganforge.checkpoint import list_checkpoints, resolve_checkpoint
     from ganforge.cluster.launch import run_training
     from ganforge.config import load_config, resolve_config_path
+    from ganforge.rundir import RunDir
 
     t0 = time.time()
     try:
         cfg = load_config(
             resolve_config_path("demo"), {"run_dir": str(out), "train.max_steps": max_steps}
         )
-        done = list_checkpoints(out / "checkpoints")
+        done = list_checkpoints(RunDir(out).checkpoints)
         if done and done[0][0] >= cfg.train.max_steps:
             # A second `make demo` shows the finished run instead of failing on it.
             typer.echo(
@@ -115,13 +116,14 @@ def demo(
     except ConfigError as e:
         _fail(str(e))
     ckpt = resolve_checkpoint(run)
-    grids = sorted((run / "samples").glob("step-*.png"))
+    grids = RunDir(run).sample_grids()
+    metrics = RunDir(run).metrics_path
     minutes = (time.time() - t0) / 60
     typer.echo(
         f"\nDemo finished in {minutes:.1f} min.\n"
         f"  samples:    {grids[-1] if grids else '(none)'}  (one row per class)\n"
         f"  checkpoint: {ckpt}\n"
-        f"  metrics:    {run / 'metrics.jsonl'}  (TensorBoard: tensorboard --logdir {run})\n"
+        f"  metrics:    {metrics}  (TensorBoard: tensorboard --logdir {run})\n"
         f"  serve it:   ganforge serve --model demo={run}\n"
         f"  then:       curl -s localhost:8000/v1/generate -H 'content-type: application/json' "
         f'-d \'{{"model": "demo", "class": "cat", "count": 8, "format": "grid"}}\' '

@@ -16,26 +16,31 @@ from typing import Any
 
 import yaml
 
-from ganforge.checkpoint import CheckpointError, checkpoint_root, list_checkpoints, read_marker
+from ganforge.checkpoint import CheckpointError, list_checkpoints, read_marker
 from ganforge.config import ConfigError, GanforgeConfig, ModelConfig
 from ganforge.models import check_recipe, get_variant
-from ganforge.storage import RemoteRun, StorageError, is_uri
+from ganforge.rundir import RunDir
+from ganforge.storage import StorageError, is_uri
 
 
 @dataclass
 class PreparedRun:
     config: GanforgeConfig
-    run_dir: Path  # local folder (the mirror when the run lives in an object store)
+    run: RunDir  # a local folder, or the mirror of one in an object store
     urls: list[str]
     classes: list[str]
     resume_from: Path | None
     start_step: int
-    store: RemoteRun | None = None
+
+    @property
+    def run_dir(self) -> Path:
+        """The local folder (the mirror when the run lives in an object store)."""
+        return self.run.path
 
     @property
     def storage_path(self) -> str:
         """Where Ray Train puts checkpoints: the object-store URI or the local run dir."""
-        return self.store.uri if self.store else str(self.run_dir)
+        return self.run.uri
 
 
 def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -48,8 +53,8 @@ def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def _check_run_dir(cfg: GanforgeConfig, run_dir: Path) -> None:
-    saved = run_dir / "config.yaml"
+def _check_run_dir(cfg: GanforgeConfig, run: RunDir) -> None:
+    saved = run.config_path
     if not saved.is_file():
         return
     try:
@@ -112,22 +117,20 @@ def prepare_run(cfg: GanforgeConfig, resume: bool | None = None) -> PreparedRun:
     if not classes and cfg.model.num_classes:
         classes = [str(i) for i in range(cfg.model.num_classes)]
 
-    store = None
     if is_uri(cfg.run_dir):
         try:
-            store = RemoteRun(cfg.run_dir)
-            store.pull_markers()  # config.yaml + checkpoint markers, to check and plan below
-            store.pull_metrics()  # what rank 0 continues, so the progress bar starts there
+            run = RunDir.open(cfg.run_dir)
+            run.pull_markers()  # config.yaml + checkpoint markers, to check and plan below
+            run.pull_metrics()  # what rank 0 continues, so the progress bar starts there
         except StorageError as e:
             raise ConfigError(str(e)) from None
-        run_dir, cfg.run_dir = store.local, store.uri
     else:
-        run_dir = cfg.resolved_run_dir().expanduser().resolve()
-        cfg.run_dir = str(run_dir)
-    _check_run_dir(cfg, run_dir)
-    existing = list_checkpoints(checkpoint_root(run_dir))
+        run = RunDir(cfg.resolved_run_dir().expanduser().resolve())
+    cfg.run_dir = run.uri
+    _check_run_dir(cfg, run)
+    existing = list_checkpoints(run.checkpoints)
     if resume is True and not existing:
-        raise ConfigError(f"--resume: no checkpoint in {cfg.run_dir}/checkpoints")
+        raise ConfigError(f"--resume: no checkpoint in {run.uri_of(run.checkpoints)}")
     if resume is False and existing:
         raise ConfigError(
             f"{cfg.run_dir} already holds checkpoints (latest step {existing[0][0]}); "
@@ -135,17 +138,14 @@ def prepare_run(cfg: GanforgeConfig, resume: bool | None = None) -> PreparedRun:
         )
     if existing:
         _check_world_size(existing[0][1], cfg.cluster.num_workers, cfg.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if store:
-        try:
-            store.write_text("config.yaml", cfg.to_yaml())
-        except StorageError as e:
-            raise ConfigError(str(e)) from None
-    else:
-        (run_dir / "config.yaml").write_text(cfg.to_yaml())
+    run.path.mkdir(parents=True, exist_ok=True)
+    try:
+        run.write_config(cfg.to_yaml())
+    except StorageError as e:
+        raise ConfigError(str(e)) from None
     start = existing[0][0] if existing else 0
     resume_from = existing[0][1] if existing else None
-    return PreparedRun(cfg, run_dir, urls, classes, resume_from, start, store)
+    return PreparedRun(cfg, run, urls, classes, resume_from, start)
 
 
 def _check_world_size(ckpt: Path, num_workers: int, run: str) -> None:
@@ -240,7 +240,7 @@ def run_training(
             "urls": prep.urls,
             "classes": prep.classes,
             "run_dir": str(prep.run_dir),
-            "run_uri": prep.store.uri if prep.store else None,
+            "run_uri": prep.run.uri if prep.run.store else None,
             "launch_id": uuid.uuid4().hex[:12],
         },
         torch_config=TorchConfig(backend="nccl" if cfg.cluster.gpu else "gloo"),
@@ -250,7 +250,7 @@ def run_training(
             resources_per_worker=resources,
         ),
         run_config=RunConfig(
-            name="checkpoints",
+            name=RunDir.CHECKPOINTS,
             storage_path=prep.storage_path,
             failure_config=FailureConfig(max_failures=cfg.cluster.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
@@ -258,8 +258,6 @@ def run_training(
     )
     if prep.resume_from is not None:
         print(f"[ganforge] resuming {prep.storage_path} from step {prep.start_step}", flush=True)
-    with ProgressTail(
-        prep.run_dir / "metrics.jsonl", cfg.train.max_steps, prep.start_step, show_progress
-    ):
+    with ProgressTail(prep.run.metrics_path, cfg.train.max_steps, prep.start_step, show_progress):
         trainer.fit()
     return prep.run_dir

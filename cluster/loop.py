@@ -13,12 +13,12 @@ import os
 import shutil
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from ganforge.config import GanforgeConfig
+from ganforge.rundir import RunDir
 
 
 @dataclass
@@ -148,9 +148,9 @@ def _quiet_ray_train_reports() -> None:
         pass
 
 
-def _count_start(run_dir: Path, launch_id: str) -> int:
+def _count_start(run: RunDir, launch_id: str) -> int:
     """How many times this launch's worker group has started (1 + restarts)."""
-    path = run_dir / ".launches" / launch_id
+    path = run.launch_counter(launch_id)
     path.parent.mkdir(parents=True, exist_ok=True)
     n = int(path.read_text()) + 1 if path.exists() else 1
     path.write_text(str(n))
@@ -165,31 +165,28 @@ def train_func(loop_cfg: dict[str, Any]) -> None:
     from ganforge.cluster.checkpointing import find_resume_point, restore
     from ganforge.cluster.engines import GANEngines
     from ganforge.cluster.run_logging import RunLogger
-    from ganforge.data.loader import build_loader
-    from ganforge.storage import RemoteRun
+    from ganforge.data.loader import LoaderOptions, build_loader
 
     _quiet_ray_train_reports()
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     cfg = GanforgeConfig.model_validate(loop_cfg["config"])
-    store = RemoteRun(loop_cfg["run_uri"]) if loop_cfg.get("run_uri") else None
-    run_dir = store.local if store else Path(loop_cfg["run_dir"])
+    run = RunDir.open(loop_cfg.get("run_uri") or loop_cfg["run_dir"])
     torch.set_num_threads(cfg.cluster.cpus_per_worker)
     device = ray.train.torch.get_device() if cfg.cluster.gpu else torch.device("cpu")
-    (run_dir / "pids").mkdir(parents=True, exist_ok=True)
-    (run_dir / "pids" / f"rank-{rank}").write_text(str(os.getpid()))  # for ops and kill tests
+    pid_file = run.pid_file(rank)  # for ops and kill tests
+    pid_file.parent.mkdir(parents=True, exist_ok=True)
+    pid_file.write_text(str(os.getpid()))
 
     gan = GANEngines(cfg, device, rank, world)
     prog = Progress()
-    ckpt = find_resume_point(run_dir, rank, store)
+    ckpt = find_resume_point(run, rank)
     if ckpt is not None:
         prog.step, prog.images_seen = restore(gan, ckpt)
         prog.saved_step = prog.step
-        if store:  # a downloaded copy: the store keeps the checkpoint
+        if run.store:  # a downloaded copy: the store keeps the checkpoint
             shutil.rmtree(ckpt, ignore_errors=True)
-    loader = build_loader(
-        loop_cfg["urls"],
-        cfg.data,
+    opts = LoaderOptions(
         batch_size=cfg.train.micro_batch,
         image_size=cfg.model.resolution,
         channels=cfg.model.channels,
@@ -199,15 +196,16 @@ def train_func(loop_cfg: dict[str, Any]) -> None:
         start_batch=prog.step * cfg.loss.n_critic,
         pin_memory=device.type == "cuda",
     )
+    loader = build_loader(loop_cfg["urls"], cfg.data, opts)
     logger = None
     if rank == 0:
-        if store:  # the store's logs end at its newest checkpoint: continue from them
-            store.pull_metrics()
-            store.pull_file(f".launches/{loop_cfg['launch_id']}")
-        starts = _count_start(run_dir, loop_cfg["launch_id"])
-        logger = RunLogger(run_dir, cfg.cluster.metrics_port, restarts=starts - 1, store=store)
+        if run.store:  # the store's logs end at its newest checkpoint: continue from them
+            run.pull_metrics()
+            run.pull(run.launch_counter(loop_cfg["launch_id"]))
+        starts = _count_start(run, loop_cfg["launch_id"])
+        logger = RunLogger(run, cfg.cluster.metrics_port, restarts=starts - 1)
         if ckpt is not None:
-            where = store.uri if store else ckpt
+            where = run.uri if run.store else ckpt
             print(f"[ganforge] resumed from {where} at step {prog.step}", flush=True)
     try:
         train(gan, loader, logger, cfg, loop_cfg["classes"], prog)

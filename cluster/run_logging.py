@@ -11,7 +11,7 @@ import torch
 
 from ganforge.cluster.noise import fixed_sample_noise
 from ganforge.images import save_grid
-from ganforge.storage import RemoteRun
+from ganforge.rundir import RunDir
 
 PROM_GAUGES = {
     "step": "Generator steps completed",
@@ -61,17 +61,12 @@ class PrometheusExporter:
 class RunLogger:
     """Everything rank 0 writes into the run directory while training."""
 
-    # What an object-store run pushes after each checkpoint (the rest of the mirror is local).
-    SYNCED = ("metrics.jsonl", "samples", "tensorboard", ".launches")
-
-    def __init__(
-        self, run_dir: Path, metrics_port: int | None, restarts: int, store: RemoteRun | None = None
-    ):
+    def __init__(self, run: RunDir, metrics_port: int | None, restarts: int):
         from torch.utils.tensorboard import SummaryWriter
 
-        self.run_dir, self.store = run_dir, store
-        self.metrics_path = run_dir / "metrics.jsonl"
-        self.tb = SummaryWriter(str(run_dir / "tensorboard"))
+        self.run = run
+        self.metrics_path = run.metrics_path
+        self.tb = SummaryWriter(str(run.tensorboard))
         self.prom = PrometheusExporter(metrics_port) if metrics_port else None
         if self.prom:
             self.prom.set({"restarts": restarts})
@@ -102,13 +97,13 @@ class RunLogger:
     ) -> Path:
         z, labels, per_row = fixed_sample_noise(z_dim, num_classes)
         images = generator(z.to(device), None if labels is None else labels.to(device))
-        return save_grid(images, self.run_dir / "samples" / f"step-{step:06d}.png", nrow=per_row)
+        return save_grid(images, self.run.sample_grid(step), nrow=per_row)
 
     def sync(self) -> None:
         """Object-store run: upload the logs and samples written since the last sync."""
-        if self.store:
+        if self.run.store:
             self.tb.flush()
-            self.store.push(*self.SYNCED)
+            self.run.push_logs()
 
     def close(self) -> None:
         self.tb.close()

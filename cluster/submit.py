@@ -7,6 +7,7 @@ import os
 import shlex
 import time
 from pathlib import Path
+from typing import NoReturn
 
 import typer
 import yaml
@@ -73,14 +74,24 @@ def submit(
             submission_id=job_id,
         )
     except Exception as e:  # connection refused, auth, bad runtime env: show Ray's reason
-        hint = ""
-        if "auth" in str(e).lower() and os.environ.get("RAY_AUTH_MODE") != "token":
-            hint = " (the cluster uses token auth: run with RAY_AUTH_MODE=token)"
-        typer.secho(f"error: cannot submit to {address}: {e}{hint}", fg="red", err=True)
-        raise typer.Exit(2) from None
+        _cannot_submit(address, e)
     typer.echo(f"submitted job {sid}: {entrypoint}")
     if not wait:
         return
+    raise typer.Exit(EXIT_CODES.get(_follow(client, sid), 1))
+
+
+def _cannot_submit(address: str, error: Exception) -> NoReturn:
+    """Print Ray's reason (with a hint where it looks like token auth) and exit 2."""
+    hint = ""
+    if "auth" in str(error).lower() and os.environ.get("RAY_AUTH_MODE") != "token":
+        hint = " (the cluster uses token auth: run with RAY_AUTH_MODE=token)"
+    typer.secho(f"error: cannot submit to {address}: {error}{hint}", fg="red", err=True)
+    raise typer.Exit(2) from None
+
+
+def _follow(client, sid: str) -> str:
+    """Stream the job's logs until it ends; -> its final status (SUCCEEDED, FAILED, STOPPED)."""
 
     async def _tail() -> None:
         async for lines in client.tail_job_logs(sid):
@@ -92,4 +103,4 @@ def submit(
         time.sleep(0.5)
         status = str(client.get_job_status(sid)).split(".")[-1]
     typer.echo(f"job {sid} {status}")
-    raise typer.Exit(EXIT_CODES.get(status, 1))
+    return status

@@ -73,7 +73,7 @@ def pack_cmd(
     """Pack images into WebDataset shards OUT/<split>-NNNNNN.tar plus OUT/dataset.json."""
     from ganforge.data import DataError
     from ganforge.data.codec import ENCODINGS
-    from ganforge.data.pack import PackOptions, iter_problems, pack
+    from ganforge.data.pack import PackOptions, pack
     from ganforge.data.subset import parse_per_class
 
     if encoding not in ENCODINGS:
@@ -83,13 +83,26 @@ def pack_cmd(
     try:
         limit = parse_per_class(limit_per_class) if limit_per_class else None
         opts = PackOptions(
-            shard_size=shard_size, image_size=image_size, channels=channels, split=split,
-            workers=workers, strict=strict, encoding=encoding, limit_per_class=limit,
-            shuffle_seed=None if no_shuffle else seed, progress=not quiet,
-        )  # fmt: skip
+            shard_size=shard_size,
+            image_size=image_size,
+            channels=channels,
+            split=split,
+            workers=workers,
+            strict=strict,
+            encoding=encoding,
+            limit_per_class=limit,
+            shuffle_seed=None if no_shuffle else seed,
+            progress=not quiet,
+        )
         manifest = pack(src, out, opts)
     except DataError as e:
         _fail(str(e))
+    _print_pack_summary(out, manifest)
+
+
+def _print_pack_summary(out: Path, manifest: dict) -> None:
+    from ganforge.data.pack import iter_problems
+
     for line in iter_problems(manifest):
         typer.secho(f"skipped: {line}", err=True, fg="yellow")
     for name, info in sorted(manifest["splits"].items()):
@@ -115,7 +128,6 @@ def inspect_cmd(
 ) -> None:
     """Summarise a packed dataset and verify its shard checksums (exit 1 on a mismatch)."""
     from rich.console import Console
-    from rich.table import Table
 
     from ganforge.data import DataError
     from ganforge.data.inspection import class_grid, save_png, verify_shards
@@ -126,6 +138,30 @@ def inspect_cmd(
     except DataError as e:
         _fail(str(e))
     console = Console()
+    _print_manifest(console, out, manifest)
+    if grid is not None:
+        split = grid_split or (
+            "train" if "train" in manifest["splits"] else min(manifest["splits"])
+        )
+        if split not in manifest["splits"]:
+            raise typer.BadParameter(f"unknown split {split}", param_hint="--grid-split")
+        path = save_png(class_grid(out, manifest, split, per_class), grid)
+        console.print(f"grid: {path} (rows = classes in index order, split {split})")
+    if no_verify:
+        return
+    problems = verify_shards(out, manifest)
+    for p in problems:
+        typer.secho(f"checksum: {p}", err=True, fg="red")
+    if problems:
+        raise typer.Exit(1)
+    n = sum(len(i["shards"]) for i in manifest["splits"].values())
+    console.print(f"verified: {n} shard checksum(s) match")
+
+
+def _print_manifest(console, out: Path, manifest: dict) -> None:
+    """Splits (samples, shards, MB on disk), image format, classes and skipped inputs."""
+    from rich.table import Table
+
     table = Table(title=f"{out}  ({manifest['format']})")
     for col in ("split", "samples", "shards", "MB"):
         table.add_column(col, justify="left" if col == "split" else "right")
@@ -145,23 +181,6 @@ def inspect_cmd(
     console.print(f"skipped inputs: {len(skipped)}")
     for p in skipped[:10]:
         console.print(f"  {p['path']}: {p['reason']}", markup=False)
-    if grid is not None:
-        split = grid_split or (
-            "train" if "train" in manifest["splits"] else min(manifest["splits"])
-        )
-        if split not in manifest["splits"]:
-            raise typer.BadParameter(f"unknown split {split}", param_hint="--grid-split")
-        path = save_png(class_grid(out, manifest, split, per_class), grid)
-        console.print(f"grid: {path} (rows = classes in index order, split {split})")
-    if no_verify:
-        return
-    problems = verify_shards(out, manifest)
-    for p in problems:
-        typer.secho(f"checksum: {p}", err=True, fg="red")
-    if problems:
-        raise typer.Exit(1)
-    n = sum(len(i["shards"]) for i in manifest["splits"].values())
-    console.print(f"verified: {n} shard checksum(s) match")
 
 
 @app.command("subset")

@@ -1,8 +1,8 @@
 """Streaming training data: resolve shard URLs, then a WebDataset pipeline per rank.
 
     urls, manifest = resolve_data(cfg.data)          # ganforge.data.resolve
-    loader = build_loader(urls, cfg.data, batch_size=64, image_size=32, channels=3, rank=r,
-                          world_size=w, seed=0, start_batch=0, pin_memory=False)
+    opts = LoaderOptions(batch_size=64, image_size=32, channels=3, rank=r, world_size=w)
+    loader = build_loader(urls, cfg.data, opts)
     for images, labels in loader:  # float32 [B,C,S,S] in [-1,1], int64 [B]
 
 Two modes (`data.resample`):
@@ -20,8 +20,9 @@ import random
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import Any, NamedTuple
 
 from ganforge.config import DataConfig
 from ganforge.data import stages
@@ -78,74 +79,106 @@ class StreamingLoader:
             yield images, labels
 
 
-def build_loader(
-    urls: list[str], data_cfg: DataConfig, batch_size: int, image_size: int, channels: int,
-    rank: int = 0, world_size: int = 1, seed: int = 0, start_batch: int = 0,
-    pin_memory: bool = False,
-) -> StreamingLoader:  # fmt: skip
+@dataclass(frozen=True)
+class LoaderOptions:
+    """One rank's view of the stream: batch shape, its slice of the shards, where it starts."""
+
+    batch_size: int
+    image_size: int  # S of the [B, C, S, S] batches
+    channels: int  # C
+    rank: int = 0
+    world_size: int = 1
+    seed: int = 0  # shard order, shuffle buffer and augmentation
+    start_batch: int = 0  # resume point: the first batch yielded is batch `start_batch`
+    pin_memory: bool = False  # pin batches; only where CUDA is available (a no-op on CPU)
+
+
+class _ShardPlan(NamedTuple):
+    source: list  # the pipeline's first stages: shard list, rank and worker splitting
+    num_batches: int | None  # batches every rank yields; None: resampled or unknown length
+    round_robin: int  # batches skippable without decoding (stages.DecodeBatches `skip`)
+
+
+def build_loader(urls: list[str], data_cfg: DataConfig, opts: LoaderOptions) -> StreamingLoader:
     """One rank's loader over `urls` (see the module docstring for the two modes).
 
-    `start_batch=k` yields exactly batches k, k+1, ... of a fresh loader with the same arguments
-    (augmentation included); skipped batches are not decoded where the order is known.
-    `pin_memory` pins batches when CUDA is available (on CPU pinning is a no-op and is skipped).
+    `opts.start_batch=k` yields exactly batches k, k+1, ... of a fresh loader with the same
+    arguments (augmentation included); skipped batches are not decoded where the order is known.
     """
     import torch
     import webdataset as wds
 
     if not urls:
         raise ValueError("build_loader: no shard URLs")
-    nw = max(1, data_cfg.num_workers)
     errors = stages.ErrorCount(data_cfg.on_error)
-    if data_cfg.resample:
-        source = [wds.ResampledShards(
-            urls, seed=seed, worker_seed=partial(stages.stream_seed, seed, rank),
-            deterministic=True,
-        )]  # fmt: skip
-        num_batches, round_robin = None, sys.maxsize
-    else:
-        order = list(range(len(urls)))
-        sizes = shard_sizes(urls)
-        random.Random(stages.mix_seed(seed, 4)).shuffle(order)  # shardshuffle: same on all ranks
-        ordered = [urls[i] for i in order]
-        source = [
-            wds.SimpleShardList(ordered),
-            partial(stages.split_by_rank, rank=rank, world_size=world_size),  # nodesplitter
-            wds.split_by_worker,  # workersplitter
-        ]
-        if sizes is None:
-            if world_size > 1:
-                raise ValueError(
-                    "data.resample=false with several ranks needs per-shard sample counts "
-                    f"({MANIFEST_NAME} next to the shards) to give every rank the same number "
-                    "of batches; use data.resample=true or shards from `ganforge data pack`"
-                )
-            num_batches, round_robin = None, 0
-        else:
-            num_batches, round_robin = one_pass_plan(sizes, order, world_size, nw, batch_size)
-            if num_batches == 0:
-                raise ValueError(
-                    f"data.resample=false: some rank gets fewer than one batch of {batch_size} "
-                    f"({len(urls)} shards over {world_size} rank(s) x {nw} worker(s)); repack "
-                    "with a smaller --shard-size or use data.resample=true"
-                )
+    shards = _resampled(urls, opts) if data_cfg.resample else _one_pass(urls, data_cfg, opts)
     decode = stages.DecodeBatches(
-        batch_size, image_size, channels, data_cfg.hflip, seed, rank, start_batch,
-        round_robin, errors,
-    )  # fmt: skip
+        batch_size=opts.batch_size,
+        image_size=opts.image_size,
+        channels=opts.channels,
+        hflip=data_cfg.hflip,
+        seed=opts.seed,
+        rank=opts.rank,
+        start_batch=opts.start_batch,
+        round_robin=shards.round_robin,
+        errors=errors,
+    )
 
     def make_loader():
         pipeline = wds.DataPipeline(
-            *source,
+            *shards.source,
             stages.TarSamples(errors),  # lean tar reader: see stages.tar_members
-            stages.SeededShuffle(data_cfg.shuffle_buffer, seed, rank),
+            stages.SeededShuffle(data_cfg.shuffle_buffer, opts.seed, opts.rank),
             decode,
         )
         return torch.utils.data.DataLoader(
-            pipeline, batch_size=None, num_workers=data_cfg.num_workers,
-            pin_memory=pin_memory and torch.cuda.is_available(),
+            pipeline,
+            batch_size=None,  # DecodeBatches yields whole batches
+            num_workers=data_cfg.num_workers,
+            pin_memory=opts.pin_memory and torch.cuda.is_available(),
             prefetch_factor=4 if data_cfg.num_workers else None,
             # own generator: never draw the workers' base seed from the trainer's global RNG
-            generator=torch.Generator().manual_seed(seed),
-        )  # fmt: skip
+            generator=torch.Generator().manual_seed(opts.seed),
+        )
 
-    return StreamingLoader(make_loader, start_batch, num_batches)
+    return StreamingLoader(make_loader, opts.start_batch, shards.num_batches)
+
+
+def _resampled(urls: list[str], opts: LoaderOptions) -> _ShardPlan:
+    """data.resample=true: shards drawn with replacement from a per-rank, per-worker stream."""
+    import webdataset as wds
+
+    worker_seed = partial(stages.stream_seed, opts.seed, opts.rank)
+    shards = wds.ResampledShards(urls, seed=opts.seed, worker_seed=worker_seed, deterministic=True)
+    return _ShardPlan([shards], None, sys.maxsize)
+
+
+def _one_pass(urls: list[str], data_cfg: DataConfig, opts: LoaderOptions) -> _ShardPlan:
+    """data.resample=false: one seeded shard order, rank r takes shards r, r+world, ..."""
+    import webdataset as wds
+
+    nw = max(1, data_cfg.num_workers)
+    order = list(range(len(urls)))
+    sizes = shard_sizes(urls)
+    random.Random(stages.mix_seed(opts.seed, 4)).shuffle(order)  # shardshuffle: same on all ranks
+    source = [
+        wds.SimpleShardList([urls[i] for i in order]),
+        partial(stages.split_by_rank, rank=opts.rank, world_size=opts.world_size),  # nodesplitter
+        wds.split_by_worker,  # workersplitter
+    ]
+    if sizes is None:
+        if opts.world_size > 1:
+            raise ValueError(
+                "data.resample=false with several ranks needs per-shard sample counts "
+                f"({MANIFEST_NAME} next to the shards) to give every rank the same number "
+                "of batches; use data.resample=true or shards from `ganforge data pack`"
+            )
+        return _ShardPlan(source, None, 0)
+    num_batches, round_robin = one_pass_plan(sizes, order, opts.world_size, nw, opts.batch_size)
+    if num_batches == 0:
+        raise ValueError(
+            f"data.resample=false: some rank gets fewer than one batch of {opts.batch_size} "
+            f"({len(urls)} shards over {opts.world_size} rank(s) x {nw} worker(s)); repack "
+            "with a smaller --shard-size or use data.resample=true"
+        )
+    return _ShardPlan(source, num_batches, round_robin)

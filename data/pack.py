@@ -86,9 +86,15 @@ class _Shards:
 
         if self.writer is None:
             self.writer = wds.ShardWriter(
-                self.pattern, maxcount=self.shard_size, maxsize=float("inf"), verbose=0,
-                encoder=False, mtime=TAR_MTIME, user=TAR_OWNER, group=TAR_OWNER,
-            )  # fmt: skip
+                self.pattern,
+                maxcount=self.shard_size,
+                maxsize=float("inf"),  # shards are cut by sample count only
+                verbose=0,
+                encoder=False,  # samples arrive already encoded (bytes)
+                mtime=TAR_MTIME,
+                user=TAR_OWNER,
+                group=TAR_OWNER,
+            )
         if not self.counts or self.counts[-1] == self.shard_size:
             self.counts.append(0)
         self.writer.write(sample)
@@ -171,10 +177,8 @@ def _write_splits(
 ) -> dict[str, Any]:
     from ganforge import __version__
 
-    fn = partial(
-        _encode, size=size, channels=channels, encoding=opts.encoding,
-        resize=opts.image_size is not None,
-    )  # fmt: skip
+    resize = opts.image_size is not None
+    fn = partial(_encode, size=size, channels=channels, encoding=opts.encoding, resize=resize)
     skipped, converted, splits = list(ds.problems), 0, {}
     total = sum(len(v) for v in ds.splits.values())
     with _progress(opts.progress, total) as bar:

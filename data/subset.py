@@ -49,9 +49,12 @@ def _file_bytes(item: Item) -> tuple[str, bytes]:
 
 
 def subset(
-    src: Path, out: Path, per_class: int | dict[str, int], splits: list[str] | None = None,
+    src: Path,
+    out: Path,
+    per_class: int | dict[str, int],
+    splits: list[str] | None = None,
     split: str = "train",
-) -> dict[str, object]:  # fmt: skip
+) -> dict[str, object]:
     """Copy the first N images of every class (per split); returns a summary dict."""
     src, out = Path(src), Path(out)
     check_out_dir(out)

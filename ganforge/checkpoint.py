@@ -23,7 +23,8 @@ from typing import Any
 import torch
 
 from ganforge.config import GanforgeConfig
-from ganforge.storage import MARKER, WEIGHTS, RemoteRun, StorageError, is_uri
+from ganforge.rundir import CheckpointDir, RunDir
+from ganforge.storage import StorageError, is_uri
 
 FORMAT = "ganforge-checkpoint/1"
 log = logging.getLogger("ganforge.checkpoint")
@@ -46,23 +47,24 @@ def hash_tree(root: Path) -> dict[str, str]:
     return {
         p.relative_to(root).as_posix(): sha256_file(p)
         for p in sorted(root.rglob("*"))
-        if p.is_file() and p.name != MARKER
+        if p.is_file() and p.name != CheckpointDir.MARKER
     }
 
 
 def write_marker(root: Path, files: dict[str, str], meta: dict[str, Any]) -> None:
     """Write ganforge.json atomically (temp file + rename): its presence means complete."""
     body = {"format": FORMAT, **meta, "files": files}
-    tmp = root / (MARKER + ".tmp")
+    marker = CheckpointDir(root).marker
+    tmp = marker.with_name(marker.name + ".tmp")
     tmp.write_text(json.dumps(body, indent=1, sort_keys=True))
-    os.replace(tmp, root / MARKER)
+    os.replace(tmp, marker)
 
 
 def read_marker(root: Path) -> dict[str, Any]:
-    path = Path(root) / MARKER
+    path = CheckpointDir(root).marker
     if not path.is_file():
         raise CheckpointError(
-            f"{root}: no {MARKER}; the checkpoint is incomplete or not ganforge's"
+            f"{root}: no {path.name}; the checkpoint is incomplete or not ganforge's"
         )
     try:
         meta = json.loads(path.read_text())
@@ -122,17 +124,13 @@ def latest_valid(
     return None
 
 
-def checkpoint_root(run_dir: Path) -> Path:
-    return Path(run_dir) / "checkpoints"
-
-
 def resolve_checkpoint(path: str | Path) -> Path:
     """The newest servable checkpoint (its weights.pt verified) of a run dir, a checkpoints/ dir,
     a checkpoint dir or its weights.pt file; any of these may be an object-store URI."""
     remote = None
     try:
         if is_uri(path):  # markers only: the weights are fetched newest first, below
-            remote = RemoteRun(str(path))
+            remote = RunDir.open(str(path))
             p = remote.localize(weights=False)
         else:
             p = Path(path)
@@ -142,12 +140,12 @@ def resolve_checkpoint(path: str | Path) -> Path:
         raise CheckpointError(f"{p}: no such file or directory")
     if p.is_file():
         p = p.parent
-    if (p / MARKER).is_file():
+    if CheckpointDir(p).is_marked():
         return p
-    for root in (checkpoint_root(p), p):
+    for root in (RunDir(p).checkpoints, p):
         if root.is_dir():
             fetch = None if remote is None else (lambda d: remote.pull_weights(d.name))
-            best = latest_valid(root, only={WEIGHTS}, fetch=fetch)
+            best = latest_valid(root, only={CheckpointDir.WEIGHTS}, fetch=fetch)
             if best is not None:
                 return best
     raise CheckpointError(f"{path}: no valid ganforge checkpoint found (looked in {p})")
@@ -170,8 +168,9 @@ def write_weights(
             ("discriminator", discriminator),
         )
     }
-    torch.save(state, root / WEIGHTS)
-    return root / WEIGHTS
+    path = CheckpointDir(root).weights
+    torch.save(state, path)
+    return path
 
 
 def checkpoint_meta(

@@ -12,9 +12,10 @@ from typing import Any
 
 import torch
 
-from ganforge.checkpoint import WEIGHTS, CheckpointError, resolve_checkpoint, verify
+from ganforge.checkpoint import CheckpointError, resolve_checkpoint, verify
 from ganforge.config import GanforgeConfig
 from ganforge.models.registry import build_discriminator, build_generator
+from ganforge.rundir import CheckpointDir
 
 
 @dataclass
@@ -43,13 +44,14 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedMo
     architecture in the checkpoint's own config raises `CheckpointError` with the reason.
     """
     root = resolve_checkpoint(path)
-    meta = verify(root, only={WEIGHTS})
+    weights = CheckpointDir(root).weights
+    meta = verify(root, only={CheckpointDir.WEIGHTS})
     cfg = GanforgeConfig.model_validate(meta["config"])
     cfg.model.kernels = "auto"
     try:
-        state = torch.load(root / WEIGHTS, map_location=device, weights_only=True)
+        state = torch.load(weights, map_location=device, weights_only=True)
     except Exception as e:  # torch raises several types for truncated/garbled files
-        raise CheckpointError(f"{root / WEIGHTS}: cannot be read ({e})") from None
+        raise CheckpointError(f"{weights}: cannot be read ({e})") from None
     g, d = build_generator(cfg.model), build_discriminator(cfg.model)
     for name, module, key in (
         ("generator", g, "generator_ema"),

@@ -11,6 +11,7 @@ import json
 import platform
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -53,82 +54,121 @@ def evaluate_accuracy(model: CifarClassifier, x: torch.Tensor, y: torch.Tensor, 
     return (pred == y).float().mean().item(), per_class
 
 
+@dataclass(frozen=True)
+class ClassifierTraining:
+    """The recipe and the splits of one classifier training run."""
+
+    epochs: int = 8
+    batch_size: int = 256
+    lr: float = 0.2  # peak SGD learning rate of the OneCycle schedule
+    weight_decay: float = 5e-4
+    label_smoothing: float = 0.1
+    widths: tuple[int, ...] = (32, 64, 128, 256)  # CifarClassifier stage widths
+    train_split: str = "train"
+    test_split: str = "test"  # accuracy reported on it; training accuracy only where absent
+    limit: int | None = None  # at most this many images per split (quick runs)
+    seed: int = 0  # weights, order and augmentation
+
+
 def train_classifier(
     data: str | Path,
     out: str | Path,
-    epochs: int = 8,
-    batch_size: int = 256,
-    lr: float = 0.2,
-    weight_decay: float = 5e-4,
-    label_smoothing: float = 0.1,
-    widths: tuple[int, ...] = (32, 64, 128, 256),
-    train_split: str = "train",
-    test_split: str = "test",
-    limit: int | None = None,
-    seed: int = 0,
+    recipe: ClassifierTraining = ClassifierTraining(),
     progress: bool = True,
 ) -> dict:
-    """Train on `train_split`, report accuracy on `test_split`, save `out` (state dict) and
-    `out.json` (sidecar: arch, classes, accuracies, recipe, command). Returns the sidecar."""
+    """Train on `recipe.train_split`, report accuracy on `recipe.test_split`, save `out` (state
+    dict) and `out.json` (sidecar: arch, classes, accuracies, recipe, command). Returns the
+    sidecar."""
     from tqdm import tqdm
 
-    torch.manual_seed(seed)
-    gen = torch.Generator().manual_seed(seed)
-    train = load_real(data, train_split, limit=limit, seed=seed, progress=progress)
+    torch.manual_seed(recipe.seed)
+    gen = torch.Generator().manual_seed(recipe.seed)
+    train, test = _load_splits(data, recipe, progress)
+    model = CifarClassifier(len(train.classes), train.channels, recipe.widths)
+    model = model.to(memory_format=torch.channels_last)
+    steps_per_epoch = len(train.images) // recipe.batch_size or 1
+    opt, sched = _optimiser(model, recipe, recipe.epochs * steps_per_epoch)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    started, history = time.time(), []
+    for epoch in range(recipe.epochs):
+        desc = f"epoch {epoch + 1}/{recipe.epochs}"
+        bar = tqdm(range(steps_per_epoch), desc=desc, disable=not progress)
+        loss = _train_epoch(model, opt, sched, train, gen, recipe, bar)
+        entry = {"epoch": epoch + 1, "loss": loss, "seconds": round(time.time() - started, 1)}
+        if test is not None and (epoch + 1 == recipe.epochs or progress):
+            entry["test_accuracy"] = evaluate_accuracy(model, test.images, test.labels)[0]
+        history.append(entry)
+        if progress:
+            print(json.dumps(entry), flush=True)
+    sidecar = _sidecar(model, data, train, test, recipe, history, started)
+    _save(model, out, sidecar)
+    return sidecar
+
+
+def _load_splits(data: str | Path, recipe: ClassifierTraining, progress: bool):
+    """-> (train split, test split or None where the data has none)."""
+
+    def split(name: str):
+        return load_real(data, name, limit=recipe.limit, seed=recipe.seed, progress=progress)
+
+    train = split(recipe.train_split)
     if (train.labels < 0).any():
-        raise ValueError(f"{data}: split {train_split!r} has samples without a .cls label")
+        raise ValueError(f"{data}: split {recipe.train_split!r} has samples without a .cls label")
     try:
-        test = load_real(data, test_split, limit=limit, seed=seed, progress=progress)
+        test = split(recipe.test_split)
     except ValueError:
         test = None  # no test split: report training accuracy only
-    model = CifarClassifier(len(train.classes), train.channels, widths)
-    model = model.to(memory_format=torch.channels_last)
-    steps_per_epoch = len(train.images) // batch_size or 1
+    return train, test
+
+
+def _optimiser(model: CifarClassifier, recipe: ClassifierTraining, total_steps: int):
+    """-> (SGD with Nesterov momentum, its OneCycle schedule: 25% linear warm-up)."""
     opt = torch.optim.SGD(
-        model.parameters(), lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay
+        model.parameters(),
+        lr=recipe.lr,
+        momentum=0.9,
+        nesterov=True,
+        weight_decay=recipe.weight_decay,
     )
     sched = torch.optim.lr_scheduler.OneCycleLR(
         opt,
-        max_lr=lr,
-        total_steps=epochs * steps_per_epoch,
+        max_lr=recipe.lr,
+        total_steps=total_steps,
         pct_start=0.25,
         anneal_strategy="linear",
         div_factor=10,
         final_div_factor=100,
     )
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    started, history = time.time(), []
-    for epoch in range(epochs):
-        model.train()
-        order = torch.randperm(len(train.images), generator=gen)
-        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{epochs}", disable=not progress)
-        total = 0.0
-        for step in bar:
-            idx = order[step * batch_size : (step + 1) * batch_size]
-            xb = augment(train.images[idx], gen).contiguous(memory_format=torch.channels_last)
-            loss = F.cross_entropy(model(xb), train.labels[idx], label_smoothing=label_smoothing)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            total += loss.item()
-            if step % 20 == 0:
-                bar.set_postfix(loss=f"{total / (step + 1):.3f}")
-        entry = {
-            "epoch": epoch + 1,
-            "loss": total / steps_per_epoch,
-            "seconds": round(time.time() - started, 1),
-        }
-        if test is not None and (epoch + 1 == epochs or progress):
-            entry["test_accuracy"] = evaluate_accuracy(model, test.images, test.labels)[0]
-        history.append(entry)
-        if progress:
-            print(json.dumps(entry), flush=True)
+    return opt, sched
+
+
+def _train_epoch(model, opt, sched, train, gen, recipe: ClassifierTraining, bar) -> float:
+    """One pass over `train` in a fresh random order; `bar` iterates the step indices (a
+    progress bar). -> the mean training loss."""
+    model.train()
+    order = torch.randperm(len(train.images), generator=gen)
+    b, smoothing, total = recipe.batch_size, recipe.label_smoothing, 0.0
+    for step in bar:
+        idx = order[step * b : (step + 1) * b]
+        xb = augment(train.images[idx], gen).contiguous(memory_format=torch.channels_last)
+        loss = F.cross_entropy(model(xb), train.labels[idx], label_smoothing=smoothing)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        total += loss.item()
+        if step % 20 == 0:
+            bar.set_postfix(loss=f"{total / (step + 1):.3f}")
+    return total / len(bar)
+
+
+def _sidecar(model, data, train, test, recipe: ClassifierTraining, history, started) -> dict:
+    """The .json beside the weights; measures the final test accuracy (flip TTA)."""
     test_acc, per_class = (
         evaluate_accuracy(model, test.images, test.labels) if test is not None else (None, None)
     )
-    sidecar = {
+    return {
         "arch": model.arch(),
         "classes": train.classes,
         "feature_dim": model.feature_dim,
@@ -136,18 +176,18 @@ def train_classifier(
         "test_accuracy_per_class": dict(zip(train.classes, per_class, strict=True))
         if per_class
         else None,
-        "test_split": test_split if test is not None else None,
+        "test_split": recipe.test_split if test is not None else None,
         "train_images": len(train.images),
-        "epochs": epochs,
+        "epochs": recipe.epochs,
         "recipe": {
-            "batch_size": batch_size,
-            "lr": lr,
-            "weight_decay": weight_decay,
-            "label_smoothing": label_smoothing,
+            "batch_size": recipe.batch_size,
+            "lr": recipe.lr,
+            "weight_decay": recipe.weight_decay,
+            "label_smoothing": recipe.label_smoothing,
             "schedule": "OneCycle(linear, 25% warm-up)",
             "augment": "per-image crop(pad 4, reflect)+hflip",
             "tta": "hflip",
-            "seed": seed,
+            "seed": recipe.seed,
         },
         "history": history,
         "train_seconds": round(time.time() - started, 1),
@@ -156,8 +196,11 @@ def train_classifier(
         "torch": torch.__version__,
         "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads",
     }
+
+
+def _save(model: CifarClassifier, out: Path, sidecar: dict) -> None:
+    """State dict (contiguous tensors, loadable without channels-last) + the .json sidecar."""
     model = model.to(memory_format=torch.contiguous_format)
     state = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
     torch.save(state, out)
     out.with_suffix(".json").write_text(json.dumps(sidecar, indent=1))
-    return sidecar

@@ -32,20 +32,19 @@ def train_classifier_cmd(
 ) -> None:
     """Train the CIFAR-style classifier used as the default feature extractor and judge."""
     from ganforge.data import DataError
-    from ganforge.quality.classifier_training import train_classifier
+    from ganforge.quality.classifier_training import ClassifierTraining, train_classifier
 
+    recipe = ClassifierTraining(
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        train_split=train_split,
+        test_split=test_split,
+        limit=limit,
+        seed=seed,
+    )
     try:
-        side = train_classifier(
-            data,
-            out,
-            epochs=epochs,
-            batch_size=batch_size,
-            lr=lr,
-            train_split=train_split,
-            test_split=test_split,
-            limit=limit,
-            seed=seed,
-        )
+        side = train_classifier(data, out, recipe)
     except DataError as e:
         raise typer.BadParameter(str(e), param_hint="--data") from None
     acc = side["test_accuracy"]
@@ -174,16 +173,12 @@ def study_cmd(
     """Train every variant with the same budget (reusing finished runs), then compare them."""
     if budget not in ("images", "g-steps"):
         raise typer.BadParameter("must be images or g-steps", param_hint="--budget")
-    try:
-        from ganforge.cluster.launch import run_training  # noqa: F401
-    except ImportError as e:
-        typer.echo(f"error: training is not available ({e})", err=True)
-        raise typer.Exit(2) from None
+    _require_training()
     from ganforge.config import ConfigError, parse_override
     from ganforge.data import DataError
     from ganforge.quality.evaluate import EvalError, EvalSettings
     from ganforge.quality.features import ExtractorError
-    from ganforge.quality.study import run_study
+    from ganforge.quality.study import StudyOptions, run_study
 
     s = EvalSettings(
         num_samples=num_samples,
@@ -193,15 +188,30 @@ def study_cmd(
         classifier=str(classifier) if classifier else None,
     )
     try:
-        overrides = dict(parse_override(x) for x in set_)
-        body = run_study(
-            data, steps, out, variants, num_workers, budget, micro_batch, seed, s, True, overrides
+        opts = StudyOptions(
+            steps=steps,
+            variants=tuple(variants),
+            budget=budget,
+            num_workers=num_workers,
+            micro_batch=micro_batch,
+            seed=seed,
+            overrides=dict(parse_override(x) for x in set_),
         )
+        body = run_study(data, out, opts, eval_settings=s, progress=True)
     except (ConfigError, EvalError, DataError, ExtractorError) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
     _print_summary(body)
     typer.echo(f"report: {out / 'report' / 'report.md'}")
+
+
+def _require_training() -> None:
+    """Exit 2 with the reason where training (Ray + DeepSpeed) cannot be imported."""
+    try:
+        from ganforge.cluster.launch import run_training  # noqa: F401
+    except ImportError as e:
+        typer.echo(f"error: training is not available ({e})", err=True)
+        raise typer.Exit(2) from None
 
 
 def register(app: typer.Typer) -> None:

@@ -23,7 +23,8 @@ from ganforge.quality.evaluate import (
 )
 from ganforge.quality.features import build_extractor
 from ganforge.quality.report import write_report
-from ganforge.storage import RemoteRun, is_uri
+from ganforge.rundir import RunDir
+from ganforge.storage import is_uri
 
 
 def evaluate_runs(
@@ -60,7 +61,8 @@ def evaluate_runs(
     for run in runs:
         written = write_run_metrics(run, extractor.name, s)
         if written and run["run_dir"] in uris:  # an object-store run: the server reads it there
-            RemoteRun(uris[run["run_dir"]]).push("quality/metrics.json")
+            remote = RunDir.open(uris[run["run_dir"]])
+            remote.push(remote.quality_metrics)
             run["run_dir"] = uris[run["run_dir"]]
     body = {
         "extractor": extractor.name,

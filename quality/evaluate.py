@@ -21,7 +21,8 @@ from ganforge.models import load_model
 from ganforge.quality import metrics as M
 from ganforge.quality.features import ClassifierExtractor, build_classifier_extractor, extract
 from ganforge.quality.image_stats import image_stats
-from ganforge.storage import RemoteRun, StorageError, is_uri
+from ganforge.rundir import CheckpointDir, RunDir
+from ganforge.storage import StorageError, is_uri
 
 
 class EvalError(ValueError):
@@ -66,7 +67,7 @@ def mirror(run_dir: str | Path, which: str) -> Path:
         return [d for _, d in _pick(list_checkpoints(ckpts), which, run_dir, ckpts)]
 
     try:
-        return RemoteRun(str(run_dir)).localize(weights=wanted)
+        return RunDir.open(str(run_dir)).localize(weights=wanted)
     except StorageError as e:
         raise EvalError(str(e)) from None
 
@@ -81,8 +82,9 @@ def select_checkpoints(run_dir: str | Path, which: str) -> list[tuple[int, Path]
         return [(int(read_marker(p)["step"]), p)]
     except CheckpointError:
         pass
-    found = list_checkpoints(p / "checkpoints") or list_checkpoints(p)
-    return _pick(found, which, run_dir, p / "checkpoints")
+    ckpts = RunDir(p).checkpoints
+    found = list_checkpoints(ckpts) or list_checkpoints(p)
+    return _pick(found, which, run_dir, ckpts)
 
 
 def _pick(
@@ -217,7 +219,7 @@ def evaluate_run(
     return {
         "run_dir": str(run_dir),
         "name": Path(run_dir).name
-        if not (Path(run_dir) / "ganforge.json").is_file()
+        if not CheckpointDir(run_dir).is_marked()
         else Path(run_dir).parent.parent.name,
         "variant": cfg.model.variant,
         "conditional": latest.conditional,
@@ -231,10 +233,10 @@ def evaluate_run(
 
 def write_run_metrics(run: dict[str, Any], extractor_name: str, s: EvalSettings) -> Path | None:
     """RUN_DIR/quality/metrics.json: the latest figures, read by the serving app."""
-    run_dir = Path(run["run_dir"])
-    if not (run_dir / "checkpoints").is_dir():
+    folder = RunDir(run["run_dir"])
+    if not folder.checkpoints.is_dir():
         return None  # a bare checkpoint dir was given: nowhere sensible to write
-    out = run_dir / "quality" / "metrics.json"
+    out = folder.quality_metrics
     out.parent.mkdir(parents=True, exist_ok=True)
     body = {"extractor": extractor_name, "settings": asdict(s), **run["latest"]}
     body.pop("checkpoint", None)

@@ -12,10 +12,13 @@ an unfinished one resumes from its latest checkpoint.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ganforge.checkpoint import list_checkpoints
+from ganforge.rundir import RunDir
 
 DEFAULT_VARIANTS = ("dcgan", "cdcgan", "wgan", "wgan-gp", "cwgan-gp")
 
@@ -33,27 +36,31 @@ class StudyPlan:
         return self.done_steps >= self.max_steps
 
 
-def variant_config(
-    variant: str,
-    data: str,
-    steps: int,
-    run_dir: Path,
-    budget: str,
-    num_workers: int,
-    micro_batch: int | None,
-    seed: int,
-    overrides: dict | None = None,
-):
+@dataclass(frozen=True)
+class StudyOptions:
+    """What every variant of a study shares: the budget, the training scale, the overrides."""
+
+    steps: int  # the budget: generator steps of a variant with one critic step per G step
+    variants: tuple[str, ...] = DEFAULT_VARIANTS
+    budget: str = "images"  # "images": same real images through the critic; or "g-steps"
+    num_workers: int = 1  # Ray Train workers per run
+    micro_batch: int | None = None  # images per worker per step; None: the variant's config
+    seed: int = 0  # training seed (and the default evaluation seed)
+    # config key -> value applied to every variant alike, e.g. {"model.width": 32}
+    overrides: Mapping[str, Any] = field(default_factory=dict)
+
+
+def variant_config(variant: str, data: str, run_dir: Path, opts: StudyOptions):
     """The shipped config of `variant` with the study's budget, data and run dir applied.
 
-    `overrides` (config key -> value, e.g. {"model.width": 32}) apply to every variant alike, so
-    a small CPU study can shrink the models without changing what is compared.
+    `opts.overrides` apply to every variant alike, so a small CPU study can shrink the models
+    without changing what is compared.
     """
     from ganforge.config import load_config, resolve_config_path
 
     base = load_config(resolve_config_path(variant))
     n_critic = base.loss.n_critic
-    max_steps = math.ceil(steps / n_critic) if budget == "images" else steps
+    max_steps = math.ceil(opts.steps / n_critic) if opts.budget == "images" else opts.steps
     every = max(1, math.ceil(max_steps / 4))  # four checkpoints -> the over-steps plots
     return load_config(
         resolve_config_path(variant),
@@ -65,22 +72,21 @@ def variant_config(
             "train.checkpoint_every": every,
             "train.sample_every": every,
             "train.keep_checkpoints": 5,
-            "train.seed": seed,
-            "train.micro_batch": micro_batch,
-            "cluster.num_workers": num_workers,
+            "train.seed": opts.seed,
+            "train.micro_batch": opts.micro_batch,
+            "cluster.num_workers": opts.num_workers,
         }
-        | (overrides or {}),
+        | dict(opts.overrides),
     )
 
 
-def plan(out: Path, variants, data, steps, budget, num_workers, micro_batch, seed, overrides=None):
+def plan(out: Path, data: str, opts: StudyOptions):
+    """-> (one StudyPlan per variant, in order; variant -> its config)."""
     plans, configs = [], {}
-    for v in variants:
+    for v in opts.variants:
         run_dir = out / "runs" / v
-        cfg = variant_config(
-            v, data, steps, run_dir, budget, num_workers, micro_batch, seed, overrides
-        )
-        found = list_checkpoints(run_dir / "checkpoints")
+        cfg = variant_config(v, data, run_dir, opts)
+        found = list_checkpoints(RunDir(run_dir).checkpoints)
         done = found[0][0] if found else 0
         plans.append(StudyPlan(v, run_dir, cfg.train.max_steps, cfg.loss.n_critic, done))
         configs[v] = cfg
@@ -89,26 +95,28 @@ def plan(out: Path, variants, data, steps, budget, num_workers, micro_batch, see
 
 def run_study(
     data: str | Path,
-    steps: int,
     out: str | Path,
-    variants=DEFAULT_VARIANTS,
-    num_workers: int = 1,
-    budget: str = "images",
-    micro_batch: int | None = None,
-    seed: int = 0,
+    opts: StudyOptions,
     eval_settings=None,
     progress: bool = True,
-    overrides: dict | None = None,
 ) -> dict:
     """Train (or reuse) each variant's run under OUT/runs/<variant>, then write OUT/report."""
-    from ganforge.cluster.launch import run_training
     from ganforge.quality.compare import evaluate_runs
     from ganforge.quality.evaluate import EvalSettings
 
     out = Path(out)
-    plans, configs = plan(
-        out, variants, str(data), steps, budget, num_workers, micro_batch, seed, overrides
-    )
+    plans, configs = plan(out, str(data), opts)
+    _train_unfinished(plans, configs, progress)
+    settings = eval_settings or EvalSettings(checkpoint="all", seed=opts.seed)
+    study = _study_summary(opts, plans, configs)
+    runs = [p.run_dir for p in plans]
+    return evaluate_runs(runs, data, out / "report", settings, progress, {"study": study})
+
+
+def _train_unfinished(plans: list[StudyPlan], configs: dict, progress: bool) -> None:
+    """Train every planned run that has not reached its step count (resuming where it can)."""
+    from ganforge.cluster.launch import run_training
+
     for p in plans:
         if p.finished:
             print(f"{p.variant}: reusing {p.run_dir} (step {p.done_steps} >= {p.max_steps})")
@@ -118,20 +126,22 @@ def run_study(
             f"(n_critic={p.n_critic}, from step {p.done_steps})"
         )
         run_training(configs[p.variant], resume=None, show_progress=progress)
-    settings = eval_settings or EvalSettings(checkpoint="all", seed=seed)
-    study = {
-        "budget": budget,
-        "steps": steps,
-        "num_workers": num_workers,
-        "overrides": overrides or {},
-        "variants": {
-            p.variant: {
-                "max_steps": p.max_steps,
-                "n_critic": p.n_critic,
-                "micro_batch": configs[p.variant].train.micro_batch,
-            }
-            for p in plans
-        },
+
+
+def _study_summary(opts: StudyOptions, plans: list[StudyPlan], configs: dict) -> dict:
+    """The report's `study` section: the budget and what each variant trained for."""
+    variants = {
+        p.variant: {
+            "max_steps": p.max_steps,
+            "n_critic": p.n_critic,
+            "micro_batch": configs[p.variant].train.micro_batch,
+        }
+        for p in plans
     }
-    runs = [p.run_dir for p in plans]
-    return evaluate_runs(runs, data, out / "report", settings, progress, {"study": study})
+    return {
+        "budget": opts.budget,
+        "steps": opts.steps,
+        "num_workers": opts.num_workers,
+        "overrides": dict(opts.overrides),
+        "variants": variants,
+    }

@@ -11,12 +11,12 @@ import logging
 import random
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from ganforge.models import LoadedModel, load_model
+from ganforge.rundir import RunDir
 from ganforge.serve.schemas import ApiError, GenerateRequest, ModelInfo
 
 log = logging.getLogger("ganforge.serve")
@@ -27,9 +27,9 @@ _SEEDS = random.Random()
 def find_quality(loaded: LoadedModel) -> dict[str, Any] | None:
     """Quality figures of a model: `<run_dir>/quality/metrics.json`, else the checkpoint's
     `quality` meta key (a checkpoint dir sits at `<run_dir>/checkpoints/<name>`)."""
-    root = Path(loaded.path)
-    if root.parent.name == "checkpoints":
-        report = root.parent.parent / "quality" / "metrics.json"
+    run = RunDir.of_checkpoint(loaded.path)
+    if run is not None:
+        report = run.quality_metrics
         if report.is_file():
             try:
                 data = json.loads(report.read_text())

@@ -79,8 +79,7 @@ def pack_shards(root: Path, per_class: dict[str, int], encoding: str, seed: int 
 
 
 def train_tiny_classifier(shards: Path, out: Path) -> dict:
-    from ganforge.quality.classifier_training import train_classifier
+    from ganforge.quality.classifier_training import ClassifierTraining, train_classifier
 
-    return train_classifier(
-        shards, out, epochs=6, batch_size=32, lr=0.1, widths=(8, 16, 32), progress=False
-    )
+    recipe = ClassifierTraining(epochs=6, batch_size=32, lr=0.1, widths=(8, 16, 32))
+    return train_classifier(shards, out, recipe, progress=False)

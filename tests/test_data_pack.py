@@ -35,13 +35,14 @@ def packed(out: Path, split: str = "train") -> list[dict]:
     for entry in manifest["splits"][split]["shards"]:
         for s in iter_samples(out / entry["name"]):
             ext = next(e for e in ("png", "jpg", "raw.npy") if e in s)
-            rows.append({
+            row = {
                 "source": json.loads(s["json"])["source"],
                 "label": int(s["cls"]),
                 "pixels": decode_image(ext, s[ext], manifest["channels"]),
                 "ext": ext,
                 "data": s[ext],
-            })  # fmt: skip
+            }
+            rows.append(row)
     return rows
 
 
@@ -161,9 +162,8 @@ def test_tar_with_splits_and_limit_per_class(tmp_path):
     archive = tar_of(tmp_path / "tree", tmp_path / "ds.tar.gz", arcname="mydata")
     m = pack(archive, tmp_path / "out", PackOptions(limit_per_class={"train": 4}, **QUIET))
     assert m["splits"]["train"]["num_samples"] == 12 and m["splits"]["test"]["num_samples"] == 9
-    assert {p.name for p in (tmp_path / "out").iterdir()} == {
-        "dataset.json", "train-000000.tar", "test-000000.tar"
-    }  # fmt: skip
+    names = {p.name for p in (tmp_path / "out").iterdir()}
+    assert names == {"dataset.json", "train-000000.tar", "test-000000.tar"}
     sources = {r["source"] for r in packed(tmp_path / "out", "test")}
     assert "ds.tar.gz:mydata/test/cat/002.png" in sources
 
@@ -186,8 +186,8 @@ def test_cifar_mnist_npz_sources(tmp_path):
 
     rng = np.random.default_rng(0)
     arr = rng.integers(0, 256, (6, 8, 8, 3), dtype=np.uint8)
-    np.savez(tmp_path / "d.npz", images=arr, labels=np.array([0, 1, 0, 1, 0, 1]),
-             classes=np.array(["x", "y"]))  # fmt: skip
+    labels, classes = np.array([0, 1, 0, 1, 0, 1]), np.array(["x", "y"])
+    np.savez(tmp_path / "d.npz", images=arr, labels=labels, classes=classes)
     m = pack(tmp_path / "d.npz", tmp_path / "n_out", PackOptions(split="val", **QUIET))
     assert m["classes"] == ["x", "y"] and list(m["splits"]) == ["val"]
     for r in packed(tmp_path / "n_out", "val"):
@@ -201,9 +201,9 @@ def test_cifar_mnist_npz_sources(tmp_path):
 def test_cli_pack_inspect_detects_tampering(tmp_path):
     image_tree(tmp_path / "src")
     add_bad_inputs(tmp_path / "src")
-    out = tmp_path / "out"
-    r = runner.invoke(app, ["data", "pack", str(tmp_path / "src"), str(out), "--shard-size",
-                            "10", "--encoding", "raw", "-q"])  # fmt: skip
+    src, out = str(tmp_path / "src"), tmp_path / "out"
+    pack_args = ["data", "pack", src, str(out), "--shard-size", "10", "--encoding", "raw", "-q"]
+    r = runner.invoke(app, pack_args)
     assert r.exit_code == 0, r.output
     assert "skipped: cat/corrupt.png" in r.output and "train: 38 samples" in r.output
     r = runner.invoke(app, ["data", "inspect", str(out), "--grid", str(tmp_path / "g.png")])
@@ -222,10 +222,9 @@ def test_cli_pack_inspect_detects_tampering(tmp_path):
     assert r.exit_code == 1 and "train-000001.tar sha256 mismatch" in r.output
     r = runner.invoke(app, ["data", "inspect", str(out), "--no-verify"])
     assert r.exit_code == 0
-    r = runner.invoke(app, ["data", "pack", str(tmp_path / "src"), str(out)])
+    r = runner.invoke(app, ["data", "pack", src, str(out)])
     assert r.exit_code == 2 and "not empty" in r.output
-    r = runner.invoke(app, ["data", "pack", str(tmp_path / "src"), str(tmp_path / "o2"),
-                            "--encoding", "webp"])  # fmt: skip
+    r = runner.invoke(app, ["data", "pack", src, str(tmp_path / "o2"), "--encoding", "webp"])
     assert r.exit_code == 2 and "--encoding" in r.output
 
 
@@ -233,9 +232,10 @@ def test_cli_subset_archive_is_reproducible_and_packs(tmp_path):
     image_tree(tmp_path / "tree" / "train", per_class=6)
     image_tree(tmp_path / "tree" / "test", per_class=4, seed=5)
     add_bad_inputs(tmp_path / "tree" / "train")
+    src = str(tmp_path / "tree")
     for name in ("a/demo.tar.gz", "b/demo.tar.gz"):  # the file name is the archive's top folder
-        r = runner.invoke(app, ["data", "subset", str(tmp_path / "tree"), str(tmp_path / name),
-                                "--per-class", "train=3,test=2"])  # fmt: skip
+        dest = str(tmp_path / name)
+        r = runner.invoke(app, ["data", "subset", src, dest, "--per-class", "train=3,test=2"])
         assert r.exit_code == 0, r.output
     archive = tmp_path / "a/demo.tar.gz"
     assert archive.read_bytes() == (tmp_path / "b/demo.tar.gz").read_bytes()

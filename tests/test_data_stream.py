@@ -21,7 +21,7 @@ import torch
 
 from ganforge.cluster.launch import check_compatible
 from ganforge.config import DataConfig, ModelConfig
-from ganforge.data.loader import build_loader
+from ganforge.data.loader import LoaderOptions, build_loader
 from ganforge.data.pack import PackOptions, pack
 from ganforge.data.resolve import resolve_data
 
@@ -32,8 +32,8 @@ def make_shards(root: Path, n: int, shard_size: int, encoding: str = "raw") -> P
     images = rng.integers(0, 256, (n, 8, 8, 3), dtype=np.uint8)
     np.savez(root / f"src{n}.npz", images=images, labels=np.arange(n) % 4)
     out = root / f"shards{n}-{encoding}"
-    pack(root / f"src{n}.npz", out, PackOptions(shard_size=shard_size, encoding=encoding,
-                                                progress=False))  # fmt: skip
+    opts = PackOptions(shard_size=shard_size, encoding=encoding, progress=False)
+    pack(root / f"src{n}.npz", out, opts)
     return out
 
 
@@ -54,8 +54,8 @@ def cfg(urls, **kw) -> DataConfig:
 
 def loader(data: DataConfig, rank=0, world=1, seed=0, start=0, batch=5):
     urls, _ = resolve_data(data)
-    return build_loader(urls, data, batch_size=batch, image_size=8, channels=3, rank=rank,
-                        world_size=world, seed=seed, start_batch=start)  # fmt: skip
+    opts = LoaderOptions(batch, 8, 3, rank=rank, world_size=world, seed=seed, start_batch=start)
+    return build_loader(urls, data, opts)
 
 
 def fingerprints(batches) -> list[str]:
@@ -194,9 +194,8 @@ def test_corrupt_samples_skip_or_raise(tmp_path):
     bad.mkdir()
     with wds.TarWriter(str(bad / "x-000000.tar"), encoder=False) as w:
         for i in range(6):
-            image = {"png": b"\x89PNG garbage"} if i == 2 else {
-                "raw.npy": npy_bytes(np.full((8, 8, 3), i, np.uint8))
-            }  # fmt: skip
+            good = {"raw.npy": npy_bytes(np.full((8, 8, 3), i, np.uint8))}
+            image = {"png": b"\x89PNG garbage"} if i == 2 else good
             w.write({"__key__": f"{i:04d}", "cls": b"1", **image})
     load = loader(cfg(bad, on_error="skip"))
     batches = list(load)
@@ -222,7 +221,7 @@ def test_default_urls_use_the_embedded_demo(tmp_path, monkeypatch):
     urls, manifest = resolve_data(DataConfig())
     assert len(manifest["classes"]) == 10 and len(urls) == 5
     assert all(Path(u).parent.parent == tmp_path for u in urls)
-    images, labels = next(iter(build_loader(urls, DataConfig(), 16, 32, 3)))
+    images, labels = next(iter(build_loader(urls, DataConfig(), LoaderOptions(16, 32, 3))))
     assert images.shape == (16, 3, 32, 32)
     assert resolve_data(DataConfig())[0] == urls  # cached: not packed again
 
@@ -256,6 +255,6 @@ def test_lean_tar_reader_matches_tarfile(tmp_path, fmt):
 
 def test_pin_memory_is_a_no_op_without_cuda(even):
     urls, _ = resolve_data(cfg(even))
-    load = build_loader(urls, cfg(even), 5, 8, 3, pin_memory=True)
+    load = build_loader(urls, cfg(even), LoaderOptions(5, 8, 3, pin_memory=True))
     images, _ = next(iter(load))
     assert images.is_pinned() == torch.cuda.is_available()

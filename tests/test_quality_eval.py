@@ -131,18 +131,19 @@ def test_eval_bad_input(setup, tmp_path):
 
 def test_study_plan_budget(tmp_path):
     """Same real images through the critic: n_critic=5 variants get a fifth of the G steps."""
-    from ganforge.quality.study import plan
+    from ganforge.quality.study import StudyOptions, plan
 
-    plans, configs = plan(tmp_path, ["dcgan", "wgan-gp"], "shards", 100, "images", 1, 16, 0)
+    opts = StudyOptions(steps=100, variants=("dcgan", "wgan-gp"), micro_batch=16)
+    plans, configs = plan(tmp_path, "shards", opts)
     by = {p.variant: p for p in plans}
     assert by["dcgan"].max_steps == 100 and by["wgan-gp"].max_steps == 20
     assert configs["wgan-gp"].train.micro_batch == 16 and not by["dcgan"].finished
-    plans, _ = plan(tmp_path, ["wgan-gp"], "shards", 100, "g-steps", 1, None, 0)
+    opts = StudyOptions(steps=100, variants=("wgan-gp",), budget="g-steps")
+    plans, _ = plan(tmp_path, "shards", opts)
     assert plans[0].max_steps == 100
     # --set applies to every variant alike
-    _, configs = plan(
-        tmp_path, ["dcgan", "wgan"], "s", 10, "images", 1, None, 0, {"model.width": 16}
-    )
+    opts = StudyOptions(steps=10, variants=("dcgan", "wgan"), overrides={"model.width": 16})
+    _, configs = plan(tmp_path, "s", opts)
     assert {c.model.width for c in configs.values()} == {16}
 
 
