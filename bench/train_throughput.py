@@ -55,11 +55,11 @@ MODES = ("eager", "compile", "triton")
 def plain_pytorch(
     cfg: GanforgeConfig, urls: list[str], warmup: int, mode: str = "eager", device: str = "cpu"
 ) -> float:
-    """The reference: same models/losses/penalty, torch optimizers, no Ray, no DeepSpeed."""
+    """The reference: the variant's own models, loss and regularisers (its `VariantSpec`), torch
+    optimizers, no Ray, no DeepSpeed."""
     from ganforge.data.loader import LoaderOptions, build_loader
-    from ganforge.kernels import gradient_penalty
     from ganforge.models import build_discriminator, build_generator, get_variant
-    from ganforge.models.losses import d_loss, g_loss
+    from ganforge.models.regularisers import CriticBatch
 
     torch.set_num_threads(cfg.cluster.cpus_per_worker)
     torch.manual_seed(0)
@@ -80,6 +80,8 @@ def plain_pytorch(
     loader = build_loader(urls, cfg.data, shape)  # rank 0 of 1, seed 0, no pinning
     batches, b = iter(loader), cfg.train.micro_batch
     ncls = g.num_classes
+    regularisers = spec.build_regularisers(cfg.loss, cfg.model)
+    critic_steps = 0
 
     def labels():
         return torch.randint(0, ncls, (b,), device=device) if spec.conditional else None
@@ -99,30 +101,26 @@ def plain_pytorch(
             yf = labels()
             with torch.no_grad():
                 fake = g(noise(), yf)
-            loss = d_loss(cfg.loss.kind, d(real, y), d(fake, yf))
-            if cfg.loss.gp_lambda > 0:
-                loss = (
-                    loss
-                    + gradient_penalty(
-                        lambda x, y=y: d_eager(x, y),
-                        real,
-                        fake,
-                        cfg.loss.gp_lambda,
-                        backend=backend,
-                    )[0]
-                )
+            loss = spec.loss.d_loss(d(real, y), d(fake, yf))
+            batch = CriticBatch(
+                lambda x, y=y: d_eager(x, y).float(), real, fake, torch.rand(b, device=device)
+            )
+            for reg in regularisers:  # the engines' lazy schedule: every k-th step, weight x k
+                if critic_steps % reg.every == 0 and (
+                    out := reg.penalty(batch, reg.weight * reg.every)
+                ):
+                    loss = loss + out.value
             opt_d.zero_grad(set_to_none=True)
             loss.backward()
             opt_d.step()
-            if cfg.loss.clip_value:
-                with torch.no_grad():
-                    for p in d.parameters():
-                        p.clamp_(-cfg.loss.clip_value, cfg.loss.clip_value)
+            for reg in regularisers:
+                reg.after_step(d)
+            critic_steps += 1
             n_images += b
         yf = labels()
         for p in d.parameters():
             p.requires_grad_(False)
-        lg = g_loss(cfg.loss.kind, d(g(noise(), yf), yf))
+        lg = spec.loss.g_loss(d(g(noise(), yf), yf))
         opt_g.zero_grad(set_to_none=True)
         lg.backward()
         opt_g.step()

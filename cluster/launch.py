@@ -216,7 +216,7 @@ def run_training(
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from ganforge.cluster.loop import train_func
+    from ganforge.cluster.loop import WorkerPlan, train_func
 
     prep = prepare_run(cfg, resume)
     cfg = prep.config
@@ -236,12 +236,13 @@ def run_training(
     trainer = TorchTrainer(
         train_func,
         train_loop_config={
-            "config": cfg.model_dump(mode="json"),
-            "urls": prep.urls,
-            "classes": prep.classes,
-            "run_dir": str(prep.run_dir),
-            "run_uri": prep.run.uri if prep.run.store else None,
-            "launch_id": uuid.uuid4().hex[:12],
+            "plan": WorkerPlan(
+                config=cfg,
+                urls=prep.urls,
+                classes=prep.classes,
+                run=prep.run.uri if prep.run.store else str(prep.run_dir),
+                launch_id=uuid.uuid4().hex[:12],
+            )
         },
         torch_config=TorchConfig(backend="nccl" if cfg.cluster.gpu else "gloo"),
         scaling_config=ScalingConfig(

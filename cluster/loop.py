@@ -21,6 +21,25 @@ from ganforge.config import GanforgeConfig
 from ganforge.rundir import RunDir
 
 
+@dataclass(frozen=True)
+class WorkerPlan:
+    """What every rank trains, decided once by the driver (`launch.prepare_run`).
+
+    The validated config travels as the object itself (Ray pickles it to the workers), so the
+    config has one form from the CLI on: CLI options and `--set` are dotted overrides on the YAML
+    tree, validated once into `GanforgeConfig`, and that object is what each rank reads.
+    """
+
+    config: GanforgeConfig
+    urls: list[str]
+    """Shard URLs, resolved by the driver (every rank takes its own slice)."""
+    classes: list[str]
+    run: str
+    """The run folder: a local path, or the object-store URI (each rank opens its mirror)."""
+    launch_id: str
+    """Names this launch, to count worker-group restarts across failures."""
+
+
 @dataclass
 class Window:
     """Metrics accumulated between two logs; tensors stay on the device until a log step."""
@@ -157,8 +176,8 @@ def _count_start(run: RunDir, launch_id: str) -> int:
     return n
 
 
-def train_func(loop_cfg: dict[str, Any]) -> None:
-    """Ray Train entry point (runs on every rank)."""
+def train_func(loop_cfg: dict[str, WorkerPlan]) -> None:
+    """Ray Train entry point (runs on every rank); `loop_cfg["plan"]` is the driver's plan."""
     import ray.train
     import ray.train.torch
 
@@ -170,8 +189,8 @@ def train_func(loop_cfg: dict[str, Any]) -> None:
     _quiet_ray_train_reports()
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    cfg = GanforgeConfig.model_validate(loop_cfg["config"])
-    run = RunDir.open(loop_cfg.get("run_uri") or loop_cfg["run_dir"])
+    plan = loop_cfg["plan"]
+    cfg, run = plan.config, RunDir.open(plan.run)
     torch.set_num_threads(cfg.cluster.cpus_per_worker)
     device = ray.train.torch.get_device() if cfg.cluster.gpu else torch.device("cpu")
     pid_file = run.pid_file(rank)  # for ops and kill tests
@@ -196,19 +215,19 @@ def train_func(loop_cfg: dict[str, Any]) -> None:
         start_batch=prog.step * cfg.loss.n_critic,
         pin_memory=device.type == "cuda",
     )
-    loader = build_loader(loop_cfg["urls"], cfg.data, opts)
+    loader = build_loader(plan.urls, cfg.data, opts)
     logger = None
     if rank == 0:
         if run.store:  # the store's logs end at its newest checkpoint: continue from them
             run.pull_metrics()
-            run.pull(run.launch_counter(loop_cfg["launch_id"]))
-        starts = _count_start(run, loop_cfg["launch_id"])
+            run.pull(run.launch_counter(plan.launch_id))
+        starts = _count_start(run, plan.launch_id)
         logger = RunLogger(run, cfg.cluster.metrics_port, restarts=starts - 1)
         if ckpt is not None:
             where = run.uri if run.store else ckpt
             print(f"[ganforge] resumed from {where} at step {prog.step}", flush=True)
     try:
-        train(gan, loader, logger, cfg, loop_cfg["classes"], prog)
+        train(gan, loader, logger, cfg, plan.classes, prog)
     finally:
         if logger:
             logger.close()
