@@ -4,7 +4,8 @@ import-linter finds a package's modules by walking its folder, but ganforge's su
 several top-level folders mapped into one namespace by pyproject's `package-dir` (an editable
 install resolves them with an import hook the walk never sees). So this stages the tree as an
 installed wheel lays it out (`ganforge/data/`, `ganforge/models/`, ...) in a temporary folder,
-puts it first on sys.path, and runs lint-imports from there. Usage: python scripts/lint_imports.py
+puts it first on sys.path, and runs lint-imports from there.
+Usage: python scripts/lint_imports.py [--tree DIR]   (DIR: an already staged tree, for tests)
 """
 
 from __future__ import annotations
@@ -32,16 +33,26 @@ def stage(dest: Path) -> None:
             shutil.copy2(src, target / src.name)
 
 
-def main() -> int:
+def check(tree: Path) -> int:
+    """Run the contracts on a staged tree; 0 when every contract is kept."""
     from importlinter.cli import lint_imports
 
+    sys.path.insert(0, str(tree))
+    os.chdir(tree)  # lint-imports puts the working directory first on sys.path
+    # no cache: the staged folder is new every run
+    return lint_imports(config_filename=str(ROOT / ".importlinter"), no_cache=True)
+
+
+def main(argv: list[str]) -> int:
+    if argv[:1] == ["--tree"] and len(argv) == 2:
+        return check(Path(argv[1]).resolve())
+    if argv:
+        print(__doc__, file=sys.stderr)
+        return 2
     with tempfile.TemporaryDirectory(prefix="ganforge-imports-") as tmp:
         stage(Path(tmp))
-        sys.path.insert(0, tmp)
-        os.chdir(tmp)  # lint-imports puts the working directory first on sys.path
-        # no cache: the staged folder is new every run
-        return lint_imports(config_filename=str(ROOT / ".importlinter"), no_cache=True)
+        return check(Path(tmp))
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))
