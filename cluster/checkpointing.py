@@ -29,6 +29,7 @@ from ganforge.checkpoint import (
 )
 from ganforge.cluster.distributed import all_gather_object, broadcast_object
 from ganforge.cluster.engines import GANEngines
+from ganforge.cluster.safe_state import load_weights_only
 from ganforge.rundir import CheckpointDir, RunDir
 
 log = logging.getLogger("ganforge.train")
@@ -116,14 +117,14 @@ def restore(gan: GANEngines, ckpt: Path) -> tuple[int, int]:
             f"{ckpt} has no {rank_file.name}: it was written by a run with a different number "
             "of workers; resume with the same --num-workers"
         )
-    # Our own file (hash-verified); it holds numpy/python RNG states, hence weights_only=False.
-    state = torch.load(rank_file, map_location="cpu", weights_only=False)
+    # Tensors and plain numbers only: a planted file in a shared run folder cannot run code.
+    state = load_weights_only(rank_file)
     if state["world_size"] != gan.world:
         raise RuntimeError(
             f"{ckpt} was written by {state['world_size']} workers, this run has {gan.world}"
         )
     gan.load_engines(str(files.deepspeed))
-    weights = torch.load(files.weights, map_location="cpu", weights_only=True)
+    weights = load_weights_only(files.weights)
     gan.ema.module.load_state_dict(weights["generator_ema"])
     gan.load_rank_state(state)
     return int(state["step"]), int(state["images_seen"])

@@ -22,6 +22,7 @@ from torch import nn
 from ganforge.cluster.deepspeed_config import build_optimizer, engine_config
 from ganforge.cluster.ema import GeneratorEMA
 from ganforge.cluster.noise import NoiseSource
+from ganforge.cluster.safe_state import capture_rng, load_deepspeed_weights_only, restore_rng
 from ganforge.cluster.sync_bn import convert_batchnorm
 from ganforge.config import GanforgeConfig
 from ganforge.models import get_variant
@@ -117,6 +118,8 @@ class GANEngines:
         self.engine_d, *_ = deepspeed.initialize(
             model=d.to(device), optimizer=opt_d, config=dict(ds_cfg), dist_init_required=False
         )
+        for engine in (self.engine_g, self.engine_d):  # resumes read untrusted run folders
+            load_deepspeed_weights_only(engine)
         self.noise = NoiseSource(
             cfg.train.seed,
             cfg.model.z_dim,
@@ -219,27 +222,16 @@ class GANEngines:
                 raise RuntimeError(f"DeepSpeed could not load tag {tag!r} from {ds_dir}")
 
     def rank_state(self) -> dict:
-        import random
-
-        import numpy as np
-
+        """This rank's position: tensors and plain numbers only (loads with weights_only)."""
         return {
             "noise": self.noise.state_dict(),
             "critic_steps": self.critic_steps,
             "ema_updates": self.ema.updates,  # the EMA weights themselves live in weights.pt
-            "torch_rng": torch.get_rng_state(),
-            "numpy_rng": np.random.get_state(),
-            "python_rng": random.getstate(),
+            "rng": capture_rng(),
         }
 
     def load_rank_state(self, state: dict) -> None:
-        import random
-
-        import numpy as np
-
         self.noise.load_state_dict(state["noise"])
         self.critic_steps = int(state["critic_steps"])
         self.ema.updates = int(state["ema_updates"])
-        torch.set_rng_state(state["torch_rng"])
-        np.random.set_state(state["numpy_rng"])
-        random.setstate(state["python_rng"])
+        restore_rng(state["rng"])

@@ -80,7 +80,13 @@ def verify(root: Path, deep: bool = True, only: set[str] | None = None) -> dict[
     `only` limits the check to those files (serving needs weights.pt, not the DeepSpeed states)."""
     root = Path(root)
     meta = read_marker(root)
-    for rel, digest in meta["files"].items():
+    files = meta.get("files")
+    if not isinstance(files, dict):
+        raise CheckpointError(f"{root}: its {CheckpointDir.MARKER} lists no files")
+    unlisted = sorted((only or set()) - set(files))
+    if unlisted:  # a file the marker does not vouch for is as good as missing
+        raise CheckpointError(f"{root}: {', '.join(unlisted)} not listed in its marker")
+    for rel, digest in files.items():
         if only is not None and rel not in only:
             continue
         p = root / rel

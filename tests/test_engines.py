@@ -154,6 +154,69 @@ def test_engines_save_and_load_restore_training_exactly(tmp_path):
         assert torch.equal(x, y)
 
 
+class _Touch:
+    """Unpickling this creates a file: the proof that loading a checkpoint ran its code."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        from pathlib import Path
+
+        return (Path.touch, (self.path,))
+
+
+@pytest.mark.parametrize("zero_stage", [0, 1])
+def test_planted_deepspeed_files_are_refused_unloaded(tmp_path, zero_stage):
+    """Anyone who can write to a shared run folder could plant a pickle: a resume refuses it
+    (DeepSpeed's own loader would run it), while the engine's real files still load."""
+    from ganforge.cluster.safe_state import UnsafeCheckpoint
+
+    cfg = _cfg("wgan-gp", zero_stage=zero_stage)
+    gan = GANEngines(cfg, torch.device("cpu"), rank=0, world_size=1)
+    gan.critic_step(*_batch())
+    gan.save_engines(str(tmp_path / "ds"))
+    gan.load_engines(str(tmp_path / "ds"))  # ZeRO states included: DeepSpeed's own classes
+    victim = sorted((tmp_path / "ds" / "discriminator").glob("*.pt"))[-1]
+    marker = tmp_path / "pwned"
+    torch.save({"module": _Touch(marker)}, victim)
+    with pytest.raises(UnsafeCheckpoint, match=f"{victim.name}: refused to load"):
+        gan.load_engines(str(tmp_path / "ds"))
+    assert not marker.exists()
+
+
+def test_a_planted_rank_file_is_refused_on_resume(tmp_path):
+    from ganforge.cluster.checkpointing import restore
+    from ganforge.cluster.safe_state import UnsafeCheckpoint
+    from ganforge.rundir import CheckpointDir
+
+    gan = GANEngines(_cfg("dcgan"), torch.device("cpu"), rank=0, world_size=1)
+    marker = tmp_path / "pwned"
+    ckpt = CheckpointDir(tmp_path / "step-000001")
+    ckpt.path.mkdir()
+    torch.save({"step": 1, "world_size": 1, "rng": _Touch(marker)}, ckpt.rank_state(0))
+    with pytest.raises(UnsafeCheckpoint, match="rank-0.pt: refused to load"):
+        restore(gan, ckpt.path)
+    assert not marker.exists()
+
+
+def test_rank_state_holds_only_tensors_and_plain_data(tmp_path):
+    """The rank file loads weights-only and brings back every RNG exactly."""
+    import random
+
+    import numpy as np
+
+    from ganforge.cluster.safe_state import load_weights_only
+
+    gan = GANEngines(_cfg("dcgan"), torch.device("cpu"), rank=0, world_size=1)
+    torch.save(gan.rank_state(), tmp_path / "rank-0.pt")
+    expected = (torch.rand(3), np.random.rand(3), random.random())
+    gan.load_rank_state(load_weights_only(tmp_path / "rank-0.pt"))
+    got = (torch.rand(3), np.random.rand(3), random.random())
+    assert torch.equal(expected[0], got[0]) and np.array_equal(expected[1], got[1])
+    assert expected[2] == got[2]
+
+
 def test_a_stale_deepspeed_build_lock_is_reported(tmp_path, monkeypatch, caplog):
     """A build killed mid-way leaves torch's FileBaton lock; later starts would hang silently."""
     import os
