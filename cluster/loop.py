@@ -214,6 +214,7 @@ def train_func(loop_cfg: dict[str, WorkerPlan]) -> None:
         seed=cfg.train.seed,
         start_batch=prog.step * cfg.loss.n_critic,
         pin_memory=device.type == "cuda",
+        num_classes=len(plan.classes) or None,  # labels outside them are dropped or raise
     )
     loader = build_loader(plan.urls, cfg.data, opts)
     logger = None

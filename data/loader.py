@@ -51,7 +51,7 @@ class StreamingLoader:
         self.num_batches = num_batches  # None: resampled (infinite) or of unknown length
         self.wait_seconds = 0.0  # cumulative time the consumer spent inside __next__
         self.batches_yielded = start_batch  # position in the stream, skipped batches included
-        self.dropped_samples = 0  # corrupt samples skipped (on_error=skip)
+        self.dropped_samples = 0  # corrupt or mislabelled samples skipped (on_error=skip)
 
     def __len__(self) -> int:
         if self.num_batches is None:
@@ -91,6 +91,9 @@ class LoaderOptions:
     seed: int = 0  # shard order, shuffle buffer and augmentation
     start_batch: int = 0  # resume point: the first batch yielded is batch `start_batch`
     pin_memory: bool = False  # pin batches; only where CUDA is available (a no-op on CPU)
+    # classes in the manifest: a sample labelled outside 0..num_classes-1 is dropped and counted
+    # (data.on_error=skip) or stops the stream (raise); None: labels are not checked
+    num_classes: int | None = None
 
 
 class _ShardPlan(NamedTuple):
@@ -122,6 +125,7 @@ def build_loader(urls: list[str], data_cfg: DataConfig, opts: LoaderOptions) -> 
         start_batch=opts.start_batch,
         round_robin=shards.round_robin,
         errors=errors,
+        num_classes=opts.num_classes,
     )
 
     def make_loader():

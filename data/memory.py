@@ -69,6 +69,25 @@ def _decode(sample: dict, size: int, channels: int) -> np.ndarray:
         raise DataError(f"sample {sample.get('__key__')!r}: cannot decode {ext} ({e})") from None
 
 
+def _label(sample: dict, num_classes: int) -> int:
+    """The sample's class index, -1 without a `.cls`; DataError outside the manifest's classes
+    (a classifier's loss or a per-class metric would index past them)."""
+    cls = sample.get("cls")
+    if cls is None:
+        return -1
+    try:
+        label = int(cls)
+    except ValueError:
+        key = sample.get("__key__")
+        raise DataError(f"sample {key!r}: label {cls[:20]!r} is not a number") from None
+    if not 0 <= label < num_classes:
+        raise DataError(
+            f"sample {sample.get('__key__')!r}: label {label} outside 0..{num_classes - 1} "
+            f"(the manifest lists {num_classes} classes)"
+        )
+    return label
+
+
 def load_real(
     shards_dir: str | Path,
     split: str = "train",
@@ -101,8 +120,7 @@ def load_real(
         if keep is not None and i not in keep:
             continue
         images.append(_decode(sample, size, channels))
-        cls = sample.get("cls")
-        labels.append(int(cls.decode().strip()) if cls is not None else -1)
+        labels.append(_label(sample, len(manifest["classes"])))
     if not images:
         raise DataError(f"{shards_dir}: split {split!r} holds no images")
     if limit is not None and len(images) > limit:  # num_samples unknown: subsample afterwards

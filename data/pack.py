@@ -3,7 +3,8 @@
 Each sample in `OUT/<split>-NNNNNN.tar` is `<key>.<png|jpg|raw.npy>`, `<key>.cls` (class index as
 ASCII) and `<key>.json` (source path, original size and mode). Shards are byte-identical for the
 same input and options: sorted input order, ordered parallel encoding, fixed tar mtime/owner.
-Everything is written into `OUT.tmp-XXXX` and renamed to OUT at the end.
+Everything is written into `OUT.tmp-XXXX` and renamed to OUT at the end; an error (a dead
+encode worker included: see `_encoder`) removes it, so OUT is complete or absent.
 """
 
 from __future__ import annotations
@@ -13,7 +14,10 @@ import os
 import random
 import shutil
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from multiprocessing import get_context
@@ -23,6 +27,7 @@ from typing import Any
 from ganforge.data import DataError
 from ganforge.data.codec import ENCODINGS, Encoded, ImageProblem, encode_image, probe_size
 from ganforge.data.manifest import FORMAT, sha256_file, write_manifest
+from ganforge.data.names import name_problem
 from ganforge.data.sources import Dataset, Item, default_channels, read_source
 
 TAR_MTIME = 0  # fixed: same input, same bytes (an int: a float adds a PAX header)
@@ -100,9 +105,14 @@ class _Shards:
         self.writer.write(sample)
         self.counts[-1] += 1
 
-    def close(self) -> list[dict[str, Any]]:
+    def close(self) -> None:
+        """Close the open shard (also when packing stops with an error)."""
         if self.writer is not None:
             self.writer.close()
+            self.writer = None
+
+    def entries(self) -> list[dict[str, Any]]:
+        """The manifest's shard entries of a closed split."""
         shards = []
         for i, n in enumerate(self.counts):
             path = Path(self.pattern % i)
@@ -120,13 +130,35 @@ def _sample(key: str, item: Item, enc: Encoded) -> dict[str, Any]:
     }
 
 
-def _ordered_map(fn, items: list[Item], workers: int) -> Iterator:
-    """imap with order preserved; in-process for one worker (no pickling cost)."""
+@contextmanager
+def _encoder(fn, workers: int) -> Iterator[Callable[[list[Item]], Iterator]]:
+    """-> encode(items): fn over items, results in input order; in-process for one worker (no
+    pickling cost), else in a pool of `workers` processes shared by every split.
+
+    A ProcessPoolExecutor, not multiprocessing.Pool: when a worker dies (the OOM killer, a
+    signal, a crash in a decoder) Pool starts a new one and waits forever for the lost results,
+    while the executor marks itself broken and every pending result raises BrokenProcessPool,
+    which ends the pack with an error (and `pack` removes the unfinished output)."""
     if workers <= 1:
-        yield from map(fn, items)
+        yield partial(map, fn)
         return
-    with get_context("fork" if os.name == "posix" else "spawn").Pool(workers) as pool:
-        yield from pool.imap(fn, items, chunksize=64)
+    ctx = get_context("fork" if os.name == "posix" else "spawn")
+    pool = ProcessPoolExecutor(workers, mp_context=ctx)
+
+    def encode(items: list[Item]) -> Iterator:
+        chunk = max(1, min(64, len(items) // (4 * workers)))  # small inputs: use every worker
+        return pool.map(fn, items, chunksize=chunk)
+
+    try:
+        yield encode
+    except BrokenProcessPool:
+        raise DataError(
+            f"an encode worker process died (killed by the OOM killer or a signal?) while "
+            f"packing with --workers {workers}; nothing was written. Retry with fewer workers "
+            "or a smaller --image-size"
+        ) from None
+    finally:  # drop queued work, stop the workers (an error above must not wait for the rest)
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _progress(enabled: bool, total: int):
@@ -144,6 +176,8 @@ def pack(src: Path, out: Path, opts: PackOptions = PackOptions()) -> dict[str, A
         raise DataError(f"--encoding must be one of {', '.join(ENCODINGS)}")
     if opts.shard_size < 1:
         raise DataError("--shard-size must be >= 1")
+    if (reason := name_problem(opts.split)) is not None:  # it names the shard files
+        raise DataError(f"--split {opts.split!r}: not usable as a file name ({reason})")
     check_out_dir(out)
     ds = read_source(src, opts.split)
     if opts.strict and ds.problems:
@@ -181,20 +215,13 @@ def _write_splits(
     fn = partial(_encode, size=size, channels=channels, encoding=opts.encoding, resize=resize)
     skipped, converted, splits = list(ds.problems), 0, {}
     total = sum(len(v) for v in ds.splits.values())
-    with _progress(opts.progress, total) as bar:
+    with _progress(opts.progress, total) as bar, _encoder(fn, opts.workers) as encode:
         for split, items in ds.splits.items():
             task = bar.add_task(f"pack {split}", total=len(items))
             shards = _Shards(tmp, split, opts.shard_size)
-            for item, enc in zip(items, _ordered_map(fn, items, opts.workers), strict=True):
-                bar.advance(task)
-                if isinstance(enc, str):
-                    if opts.strict:
-                        raise DataError(f"--strict: {item.source}: {enc}")
-                    skipped.append({"path": item.source, "reason": enc})
-                    continue
-                converted += enc.converted
-                shards.write(_sample(f"{sum(shards.counts):08d}", item, enc))
-            entries = shards.close()
+            advance = partial(bar.advance, task)
+            converted += _write_split(items, encode(items), shards, opts.strict, skipped, advance)
+            entries = shards.entries()
             if entries:
                 n = sum(e["num_samples"] for e in entries)
                 splits[split] = {"num_samples": n, "shards": entries}
@@ -213,6 +240,32 @@ def _write_splits(
         "source_kind": ds.kind,
         "created_by": f"ganforge {__version__}",
     }
+
+
+def _write_split(
+    items: list[Item],
+    encoded: Iterable,
+    shards: _Shards,
+    strict: bool,
+    skipped: list[dict[str, str]],
+    advance: Callable[[], Any],
+) -> int:
+    """Write one split's encoded items in order; rejected ones are appended to `skipped` (or
+    stop the pack with --strict). -> how many images were converted."""
+    converted = 0
+    try:
+        for item, enc in zip(items, encoded, strict=True):
+            advance()
+            if isinstance(enc, str):
+                if strict:
+                    raise DataError(f"--strict: {item.source}: {enc}")
+                skipped.append({"path": item.source, "reason": enc})
+                continue
+            converted += enc.converted
+            shards.write(_sample(f"{sum(shards.counts):08d}", item, enc))
+    finally:
+        shards.close()  # also on an error: no open file in the folder `pack` removes
+    return converted
 
 
 def iter_problems(manifest: dict[str, Any]) -> Iterable[str]:

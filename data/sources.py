@@ -5,8 +5,10 @@ Every source becomes a `Dataset`: class names in index order and, per split, an 
 Order is deterministic (sorted paths, or the source's own order for array formats).
 
 Every source is untrusted: pickles admit only what CIFAR batches hold, archive members and
-decompressed files are size-capped, links and special files are never followed, and every
-malformed input ends in `DataError` (the whole source) or a skipped-input entry (one file).
+decompressed files are size-capped, links, special files and archive paths that leave the
+archive are never followed, class names are checked before they can become paths (`names`),
+every label is checked against the class count, and every malformed input ends in `DataError`
+(the whole source) or a skipped-input entry (one file).
 
 Formats:
   - a folder of class sub-folders (`SRC/<class>/**/*.jpg`), optionally under split folders
@@ -31,6 +33,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 
 from ganforge.data import DataError
+from ganforge.data.names import MAX_CLASSES, check_class_names, name_problem
 
 SPLIT_NAMES = ("train", "test", "val", "valid", "validation")
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm"}
@@ -129,8 +132,11 @@ def _tar_files(path: Path) -> tuple[Files, Problems]:
     try:
         with tarfile.open(path, "r:*") as tar:
             for m in tar:
-                name = PurePosixPath(m.name).as_posix().removeprefix("./")
-                if m.isdir():
+                member = PurePosixPath(m.name)
+                name = member.as_posix().removeprefix("./")
+                if member.is_absolute() or ".." in member.parts:
+                    problems.append({"path": name, "reason": "path leaves the archive (skipped)"})
+                elif m.isdir():
                     files[name.rstrip("/") + "/"] = bytes
                 elif m.issym() or m.islnk():
                     problems.append({"path": name, "reason": "link inside the archive (skipped)"})
@@ -199,7 +205,19 @@ def read_source(src: Path, split: str = "train") -> Dataset:
     else:
         ds = _read_tree(files, display, split, src)
     ds.problems = problems + ds.problems
+    _check_labels(ds, str(src))
     return ds
+
+
+def _check_labels(ds: Dataset, where: str) -> None:
+    """Every reader's result, checked once more: class names usable as folder names and every
+    label an index into them (a label past the end fails a conditional model's embedding)."""
+    check_class_names(ds.classes, where)
+    n = len(ds.classes)
+    for items in ds.splits.values():
+        bad = next((it for it in items if not 0 <= it.label < n), None)
+        if bad is not None:
+            raise DataError(f"{bad.source}: label {bad.label} outside 0..{n - 1} ({n} classes)")
 
 
 def _top_level(files: Files) -> tuple[Files, str]:
@@ -229,7 +247,7 @@ def _read_tree(files: Files, display: str, default_split: str, src: Path) -> Dat
     for path in files:  # sorted by both readers
         if path.endswith("/"):  # folder marker: registers (possibly empty) class folders
             parts = path[:-1].split("/")
-            if len(parts) == depth:
+            if len(parts) == depth and name_problem(parts[-1]) is None:
                 split = parts[0] if has_splits else default_split
                 by_split.setdefault(split, {}).setdefault(parts[-1], [])
             continue
@@ -239,6 +257,10 @@ def _read_tree(files: Files, display: str, default_split: str, src: Path) -> Dat
             continue
         split = parts[0] if has_splits else default_split
         cls = parts[depth - 1]
+        if (reason := name_problem(cls)) is not None:
+            reason = f"unusable class folder name ({reason})"
+            problems.append({"path": display + path, "reason": reason})
+            continue
         folder = by_split.setdefault(split, {}).setdefault(cls, [])
         if PurePosixPath(path).suffix.lower() in IMAGE_SUFFIXES:
             folder.append(path)
@@ -339,6 +361,7 @@ def _read_cifar(files: Files, display: str) -> Dataset:
     if not isinstance(names, list) or not all(isinstance(n, bytes | str) for n in names):
         raise DataError(f"{display}batches.meta: label_names is not a list of names")
     classes = [n.decode(errors="replace") if isinstance(n, bytes) else n for n in names]
+    check_class_names(classes, display + "batches.meta")
     groups = {"train": "data_batch_", "test": "test_batch"}
     splits: dict[str, list[Item]] = {}
     for split, stem in groups.items():
@@ -447,9 +470,18 @@ def _read_npz(src: Path, split: str) -> Dataset:
     if len(labels) and labels.min() < 0:
         raise DataError(f"{src}: negative label {labels.min()}")
     if "classes" in arrays:
-        classes = [str(c) for c in arrays["classes"].tolist()]
+        names = arrays["classes"]
+        if names.ndim != 1:
+            raise DataError(f"{src}: classes must be a 1-D array of names; got {names.shape}")
+        classes = [c.decode(errors="replace") if isinstance(c, bytes) else str(c) for c in names]
+        check_class_names(classes, f"{src}: classes")
         if len(labels) and labels.max() >= len(classes):
             raise DataError(f"{src}: label {labels.max()} but only {len(classes)} class names")
+    elif len(labels) and int(labels.max()) >= MAX_CLASSES:
+        raise DataError(
+            f"{src}: label {int(labels.max())} without a `classes` array would make that many "
+            f"classes (cap {MAX_CLASSES})"
+        )
     else:
         classes = [str(i) for i in range(int(labels.max()) + 1 if len(labels) else 0)]
     if not len(images):

@@ -128,7 +128,8 @@ class TarSamples:
 
 
 class ErrorCount:
-    """Samples dropped in this worker (decode failures, broken tar members)."""
+    """Samples dropped in this worker (decode failures, broken tar members, labels outside the
+    classes)."""
 
     def __init__(self, on_error: str):
         self.on_error, self.n = on_error, 0
@@ -172,7 +173,11 @@ def skip_count(start_batch: int, round_robin: int, w: int, nw: int) -> int:
 class DecodeBatches:
     """Groups samples into batches and decodes them: -> (images, labels, dropped) with images
     float32 [B, C, S, S] in [-1, 1], labels int64 [B]. The first `skip` batches of each worker
-    are placeholders (None, None, 0) built without decoding."""
+    are placeholders (None, None, 0) built without decoding.
+
+    A sample whose label is not an index into `num_classes` classes (when known) is handled
+    like a corrupt one (`errors`): on the GPU it would fail inside a conditional model's
+    `nn.Embedding` as a device-side assert, which a retry only repeats."""
 
     batch_size: int
     image_size: int
@@ -183,6 +188,7 @@ class DecodeBatches:
     start_batch: int
     round_robin: int
     errors: ErrorCount
+    num_classes: int | None = None  # None: labels are not range-checked
 
     def __call__(self, src: Iterator[dict]) -> Iterator[tuple]:
         w, nw = worker_id()
@@ -212,8 +218,8 @@ class DecodeBatches:
                 ext = payload_ext(sample)
                 if ext is None:
                     raise ValueError(f"no image field (fields: {sorted(sample)})")
+                label = self._label(sample)
                 arr = decode_image(ext, sample[ext], self.channels, self.image_size)
-                label = int(sample["cls"])
             except Exception as e:  # corrupt payloads raise all sorts of errors
                 where = f"{sample.get('__url__')}:{sample.get('__key__')}"
                 self.errors(ValueError(f"sample {where}: {e}"))
@@ -221,6 +227,18 @@ class DecodeBatches:
             pixels.append(arr)
             labels.append(label)
         return pixels, labels
+
+    def _label(self, sample: dict) -> int:
+        if "cls" not in sample:
+            raise ValueError("no .cls label")
+        try:
+            label = int(sample["cls"])
+        except ValueError:
+            raise ValueError(f"label {sample['cls'][:20]!r} is not a number") from None
+        n = self.num_classes
+        if n is not None and not 0 <= label < n:
+            raise ValueError(f"label {label} outside 0..{n - 1} (the dataset has {n} classes)")
+        return label
 
     def _to_tensors(self, pixels, labels, w: int, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         x = torch.from_numpy(np.stack(pixels))  # uint8 [B, S, S, C]

@@ -18,6 +18,7 @@ import numpy as np
 
 from ganforge.data import DataError
 from ganforge.data.codec import ImageProblem, probe_size
+from ganforge.data.names import inside, name_problem, relative_path
 from ganforge.data.pack import check_out_dir
 from ganforge.data.sources import Item, read_source
 
@@ -45,7 +46,15 @@ def _file_bytes(item: Item) -> tuple[str, bytes]:
         arr = payload[..., 0] if payload.ndim == 3 and payload.shape[-1] == 1 else payload
         Image.fromarray(arr).save(buf, format="PNG")
         return ".png", buf.getvalue()
-    return PurePosixPath(item.source.split("#")[0]).suffix.lower(), payload
+    return PurePosixPath(item.source).suffix.lower(), payload
+
+
+def _stem(source: str) -> str:
+    """File name without its suffix, as one path component; a stand-in for a name that is not
+    one (a backslash in it) or too long to take a `-N` suffix and an extension."""
+    stem = PurePosixPath(source).stem
+    usable = name_problem(stem) is None and len(stem.encode(errors="surrogateescape")) < 200
+    return stem if usable and not stem.startswith(".") else "image"
 
 
 def subset(
@@ -77,12 +86,12 @@ def subset(
             except ImageProblem as e:
                 skipped.append({"path": item.source, "reason": str(e)})
                 continue
-            stem = PurePosixPath(item.source.split("#")[0]).stem
-            if isinstance(item.payload, np.ndarray):
-                stem = f"{i:06d}"
-            name = f"{top}/{split_name}/{ds.classes[item.label]}/{stem}{ext}"
+            # array items are `<file>#<index>`: their own index names them
+            stem = f"{i:06d}" if isinstance(item.payload, np.ndarray) else _stem(item.source)
+            folder = (top, split_name, ds.classes[item.label])
+            name = relative_path(*folder, f"{stem}{ext}")
             if name in files:  # same file name in nested sub-folders of one class
-                name = f"{top}/{split_name}/{ds.classes[item.label]}/{stem}-{i}{ext}"
+                name = relative_path(*folder, f"{stem}-{i}{ext}")
             files[name] = data
     if not files:
         raise DataError(f"{src}: nothing to copy")
@@ -99,7 +108,7 @@ def _write_folder(out: Path, files: dict[str, bytes]) -> None:
     tmp = Path(tempfile.mkdtemp(prefix=f"{out.name}.tmp-", dir=out.parent))
     try:
         for name, data in files.items():
-            path = tmp / name.split("/", 1)[1]
+            path = inside(tmp, name.split("/", 1)[1])
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(data)
         tmp.chmod(0o755)
@@ -122,6 +131,8 @@ def _tarinfo(name: str, size: int | None) -> tarfile.TarInfo:
 
 
 def _write_archive(out: Path, files: dict[str, bytes]) -> None:
+    for name in files:  # checked when built; checked again where it becomes a member name
+        relative_path(*name.split("/"))
     dirs = sorted({str(p) for name in files for p in PurePosixPath(name).parents if str(p) != "."})
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")

@@ -11,7 +11,9 @@ import gzip
 import io
 import os
 import pickle
+import signal
 import tarfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -197,3 +199,185 @@ def test_npz_reads_only_its_three_arrays_and_caps_them(tmp_path, monkeypatch):
     monkeypatch.setattr(S, "MAX_ARRAY_BYTES", 100)
     with pytest.raises(DataError, match="array 'images' is 896 bytes, above the 100 bytes cap"):
         S.read_source(tmp_path / "d.npz")
+
+
+# --- labels: every source's labels index its classes; lengths must agree -----------------------
+
+
+def _npz(path: Path, labels, classes=None, n: int | None = None) -> Path:
+    n = len(labels) if n is None else n
+    arrays = {"images": np.zeros((n, 4, 4, 3), np.uint8), "labels": np.asarray(labels)}
+    if classes is not None:
+        arrays["classes"] = np.asarray(classes)
+    np.savez(path, **arrays)
+    return path
+
+
+def test_labels_and_images_of_different_lengths_are_errors(tmp_path):
+    src = tmp_path / "mnist"
+    images, labels = mnist_idx(src, n=6)
+    (src / "train-labels-idx1-ubyte.gz").write_bytes(gzip.compress(_idx(labels[:5], 8)))
+    code, out = pack_cli(src, tmp_path / "o1")
+    assert code == 2 and "(6, 28, 28) images do not match (5,) labels" in out, out
+    code, out = pack_cli(_npz(tmp_path / "d.npz", [0, 1, 0], n=4), tmp_path / "o2")
+    assert code == 2 and "labels must be (4,) integers; got (3,)" in out, out
+    assert not (tmp_path / "o1").exists() and not (tmp_path / "o2").exists()
+
+
+@pytest.mark.parametrize(
+    "labels, classes, reason",
+    [
+        ([0, 2], ["a", "b"], "label 2 but only 2 class names"),
+        ([0, -1], None, "negative label -1"),
+        ([0, 2**40], None, f"label {2**40} without a `classes` array"),  # no 2**40 names
+    ],
+)
+def test_npz_label_outside_the_classes_is_an_error(tmp_path, labels, classes, reason):
+    with pytest.raises(DataError, match=reason.replace("(", r"\(")):
+        S.read_source(_npz(tmp_path / "d.npz", labels, classes))
+
+
+def test_any_reader_s_label_past_the_classes_is_caught_once_more(tmp_path, monkeypatch):
+    """read_source checks every reader's result: a reader that lets a label through (here the
+    MNIST one, made to drop its last class) still ends in DataError, never in a shard."""
+    real = S._read_mnist
+
+    def fewer_classes(files, display):
+        ds = real(files, display)
+        ds.classes = ds.classes[:-1]
+        return ds
+
+    monkeypatch.setattr(S, "_read_mnist", fewer_classes)
+    mnist_idx(tmp_path / "mnist", n=20)
+    with pytest.raises(DataError, match=r"label 9 outside 0\.\.8 \(9 classes\)"):
+        S.read_source(tmp_path / "mnist")
+
+
+# --- class names become paths: refused when read, and never joined outside OUT ------------------
+
+
+@pytest.mark.parametrize(
+    "bad, reason",
+    [
+        ("../evil", "contains '/'"),
+        ("..", "a relative folder reference"),
+        (".", "a relative folder reference"),
+        ("", "empty"),
+        ("a\\b", r"contains '\\\\'"),
+        ("a\0b", r"contains '\\x00'"),
+        ("x" * 300, "longer than 255 bytes"),
+        ("ok", "appears twice"),
+    ],
+)
+def test_unusable_npz_class_names_are_refused(tmp_path, bad, reason):
+    path = _npz(tmp_path / "d.npz", [0, 1, 1], ["ok", bad])
+    with pytest.raises(DataError, match=reason) as e:
+        S.read_source(path)
+    assert "class name" in str(e.value) and "d.npz" in str(e.value)
+
+
+def test_unusable_cifar_label_names_are_refused(tmp_path):
+    src = tmp_path / "cifar"
+    cifar_pickles(src, n=2)
+    names = [b"../../evil"] + [f"class{i}".encode() for i in range(1, 10)]
+    (src / "batches.meta").write_bytes(pickle.dumps({b"label_names": names}))
+    code, out = pack_cli(src, tmp_path / "out")
+    assert code == 2 and "batches.meta: class name '../../evil' is unusable" in out, out
+
+
+def _outside(tmp_path: Path, out: Path) -> set[Path]:
+    """Every path below tmp_path that is not OUT or below it."""
+    return {p for p in tmp_path.rglob("*") if p != out and out not in p.parents}
+
+
+@pytest.mark.parametrize("out_name", ["small", "small.tar.gz"])
+def test_subset_with_a_class_named_dot_dot_writes_nothing(tmp_path, out_name):
+    src = _npz(tmp_path / "d.npz", [0, 1, 1], ["ok", "../evil"])
+    before = _outside(tmp_path, tmp_path / out_name)
+    res = runner.invoke(
+        app, ["data", "subset", str(src), str(tmp_path / out_name), "--per-class", "2"]
+    )
+    assert res.exit_code == 2 and "class name '../evil' is unusable" in res.output, res.output
+    assert _outside(tmp_path, tmp_path / out_name) == before
+    assert not (tmp_path / out_name).exists()
+
+
+@pytest.mark.parametrize("out_name", ["small", "small.tar"])
+def test_subset_refuses_an_escaping_name_even_when_a_reader_let_it_through(
+    tmp_path, monkeypatch, out_name
+):
+    """Belt and braces: with the readers' check switched off, the writer refuses on its own."""
+    monkeypatch.setattr(S, "check_class_names", lambda names, where: names)
+    src = _npz(tmp_path / "d.npz", [0, 1, 1], ["ok", "../../evil"])
+    before = _outside(tmp_path, tmp_path / out_name)
+    res = runner.invoke(
+        app, ["data", "subset", str(src), str(tmp_path / out_name), "--per-class", "2"]
+    )
+    assert res.exit_code == 2 and "refusing to write a path through '../../evil'" in res.output, (
+        res.output
+    )
+    assert _outside(tmp_path, tmp_path / out_name) == before
+
+
+def test_written_paths_are_resolved_below_their_root(tmp_path):
+    from ganforge.data.names import inside
+
+    (tmp_path / "root").mkdir()
+    os.symlink(tmp_path, tmp_path / "root" / "up")  # a link planted inside the output
+    assert inside(tmp_path / "root", "a/b.png") == (tmp_path / "root" / "a" / "b.png").resolve()
+    for rel in ("up/x.png", "../x.png", "/etc/passwd", "."):
+        with pytest.raises(DataError, match="resolves outside"):
+            inside(tmp_path / "root", rel)
+
+
+def test_archive_paths_that_leave_the_archive_are_skipped(tmp_path):
+    image_tree(tmp_path / "src", per_class=2)
+    tarball = tmp_path / "escape.tar"
+    with tarfile.open(tarball, "w") as tar:
+        tar.add(tmp_path / "src", arcname="data")
+        for name in ("../evil/x.png", "/abs/x.png", "data/../../up.png"):
+            info = tarfile.TarInfo(name)
+            data = (tmp_path / "src" / "cat" / "000.png").read_bytes()
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    manifest = pack(tarball, tmp_path / "out", QUIET)
+    assert manifest["classes"] == ["bird", "cat", "dog"]
+    skipped = {s["path"]: s["reason"] for s in manifest["skipped"]}
+    for name in ("../evil/x.png", "/abs/x.png", "data/../../up.png"):
+        assert skipped[f"escape.tar:{name}"] == "path leaves the archive (skipped)"
+
+
+def test_split_name_that_would_leave_out_is_refused(tmp_path):
+    image_tree(tmp_path / "src", per_class=2)
+    code, out = pack_cli(tmp_path / "src", tmp_path / "out", "--split", "../evil")
+    assert code == 2 and "--split '../evil': not usable as a file name" in out, out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]
+
+
+# --- a dead encode worker ends the pack instead of hanging it -----------------------------------
+
+
+def _encode_or_die(item, **kw):
+    """Replaces pack._encode in the forked workers: the worker that meets 'cat/003.png' is
+    killed the way the OOM killer kills (SIGKILL: no cleanup, no exception)."""
+    from ganforge.data import pack as P
+
+    if item.source == "cat/003.png":
+        os.kill(os.getpid(), signal.SIGKILL)
+    return P.encode_image(item.load(), kw["size"], kw["channels"], kw["encoding"], kw["resize"])
+
+
+@pytest.mark.timeout(120)
+def test_a_killed_encode_worker_fails_the_pack_promptly(tmp_path, monkeypatch):
+    from ganforge.data import pack as P
+
+    image_tree(tmp_path / "src", per_class=8)
+    monkeypatch.setattr(P, "_encode", _encode_or_die)
+    t0 = time.monotonic()
+    code, out = pack_cli(tmp_path / "src", tmp_path / "out", "--workers", "2")
+    assert code == 2 and out.startswith("error: an encode worker process died"), out
+    assert "Traceback" not in out and time.monotonic() - t0 < 60
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]  # no OUT, no OUT.tmp-*
+    monkeypatch.undo()  # the same input packs with workers once none is killed
+    manifest = pack(tmp_path / "src", tmp_path / "out", PackOptions(workers=2, progress=False))
+    assert manifest["splits"]["train"]["num_samples"] == 24

@@ -258,3 +258,70 @@ def test_pin_memory_is_a_no_op_without_cuda(even):
     load = build_loader(urls, cfg(even), LoaderOptions(5, 8, 3, pin_memory=True))
     images, _ = next(iter(load))
     assert images.is_pinned() == torch.cuda.is_available()
+
+
+def _labelled_shard(folder: Path, labels: list[bytes | None]) -> Path:
+    """One hand-written shard: sample i is 8x8 pixels of value i with `.cls` labels[i] (None:
+    no `.cls`), next to a manifest listing 4 classes."""
+    import json
+
+    import webdataset as wds
+
+    from ganforge.data.codec import npy_bytes
+    from ganforge.data.manifest import FORMAT
+
+    folder.mkdir()
+    with wds.TarWriter(str(folder / "train-000000.tar"), encoder=False) as w:
+        for i, cls in enumerate(labels):
+            sample = {"__key__": f"{i:04d}", "raw.npy": npy_bytes(np.full((8, 8, 3), i, np.uint8))}
+            w.write(sample | ({"cls": cls} if cls is not None else {}))
+    shard = {"name": "train-000000.tar", "num_samples": len(labels), "sha256": ""}
+    manifest = {"format": FORMAT, "image_size": 8, "channels": 3, "classes": list("abcd")}
+    manifest["splits"] = {"train": {"num_samples": len(labels), "shards": [shard]}}
+    (folder / "dataset.json").write_text(json.dumps(manifest))
+    return folder
+
+
+BAD_LABELS = [b"0", b"1", b"4", b"2", b"-1", b"3", b"99999999999999999999999", b"x", None, b"0"]
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_labels_outside_the_classes_are_dropped_and_counted(tmp_path, workers):
+    """A `.cls` outside 0..3 would fail a conditional model's nn.Embedding (on CUDA a
+    device-side assert that a retry repeats): the loader drops it like a corrupt sample."""
+    data = cfg(_labelled_shard(tmp_path / "bad", BAD_LABELS), num_workers=workers)
+    urls, manifest = resolve_data(data)
+    opts = LoaderOptions(5, 8, 3, num_classes=len(manifest["classes"]))
+    load = build_loader(urls, data, opts)
+    batches = list(load)
+    assert len(batches) == 1 and load.dropped_samples == 5  # 4, -1, huge, x, missing
+    images, labels = batches[0]
+    assert sorted(labels.tolist()) == [0, 0, 1, 2, 3]
+    assert sorted(((images[:, 0, 0, 0] + 1) * 127.5).round().int().tolist()) == [0, 1, 3, 5, 9]
+
+
+def test_label_outside_the_classes_raises_with_on_error_raise(tmp_path):
+    data = cfg(_labelled_shard(tmp_path / "bad", BAD_LABELS), on_error="raise", shuffle_buffer=0)
+    urls, _ = resolve_data(data)
+    with pytest.raises(ValueError, match=r"0002: label 4 outside 0\.\.3 \(the dataset has 4"):
+        list(build_loader(urls, data, LoaderOptions(5, 8, 3, num_classes=4)))
+
+
+def test_labels_are_not_range_checked_without_a_class_count(tmp_path):
+    data = cfg(_labelled_shard(tmp_path / "ok", [b"0", b"7", b"1", b"3"]))
+    urls, _ = resolve_data(data)
+    load = build_loader(urls, data, LoaderOptions(4, 8, 3))  # num_classes=None
+    assert sorted(next(iter(load))[1].tolist()) == [0, 1, 3, 7] and load.dropped_samples == 0
+
+
+def test_in_memory_reader_refuses_labels_outside_the_classes(tmp_path):
+    """Evaluation's reader (`data.memory`) indexes per-class metrics with the labels."""
+    from ganforge.data import DataError
+    from ganforge.data.memory import load_real
+
+    real = load_real(_labelled_shard(tmp_path / "ok", [b"0", b"3", None]))
+    assert real.labels.tolist() == [0, 3, -1]  # -1: no .cls
+    with pytest.raises(DataError, match=r"'0001': label 4 outside 0\.\.3"):
+        load_real(_labelled_shard(tmp_path / "bad", [b"0", b"4"]))
+    with pytest.raises(DataError, match=r"'0001': label b'x' is not a number"):
+        load_real(_labelled_shard(tmp_path / "nan", [b"0", b"x"]))
