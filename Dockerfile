@@ -23,7 +23,7 @@ WORKDIR /home/ray/ganforge
 # torch first (its own layer, the largest): code edits do not re-download it.
 RUN pip install --no-cache-dir --index-url "${TORCH_INDEX}" "torch==${TORCH_VERSION}"
 
-COPY --chown=1000:100 pyproject.toml README.md ./
+COPY --chown=1000:100 pyproject.toml README.md constraints.txt ./
 COPY --chown=1000:100 ganforge ganforge
 COPY --chown=1000:100 data data
 COPY --chown=1000:100 configs configs
@@ -33,7 +33,8 @@ COPY --chown=1000:100 cluster cluster
 COPY --chown=1000:100 serve serve
 COPY --chown=1000:100 quality quality
 # Pin Ray to the base image's version so pip never swaps the cluster runtime underneath it.
-RUN pip install --no-cache-dir . "ray[default,serve,train]==${RAY_VERSION}" \
+# constraints.txt: the versions CI tested (make lock)
+RUN pip install --no-cache-dir -c constraints.txt . "ray[default,serve,train]==${RAY_VERSION}" \
     && ganforge --help > /dev/null
 
 # Writable caches for a read-only root filesystem (the chart mounts an emptyDir at /tmp).

@@ -9,14 +9,15 @@ TORCH_INDEX ?=
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.ganforge-installed
 
-.PHONY: install demo test lint format clean
+.PHONY: install demo test lint format clean lock
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --upgrade pip
 	# torch first, pinned: a bare `torch` requirement may pull a multi-GB CUDA build on CPU hosts
 	$(BIN)/pip install torch==$(TORCH_VERSION) $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
-	$(BIN)/pip install -e ".[dev]"
+	# constraints.txt pins every other package to the set CI last passed with (`make lock`)
+	$(BIN)/pip install -c constraints.txt -e ".[dev]"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -38,6 +39,12 @@ test: lint
 format: $(STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
+
+# Re-pin constraints.txt to what the venv holds now (after changing pyproject's dependencies).
+# torch and triton stay out: the CPU and CUDA builds differ, and TORCH_VERSION pins torch.
+lock: $(STAMP)
+	@echo "# Pinned versions of ganforge's dependencies (make lock); torch is pinned by TORCH_VERSION." > constraints.txt
+	$(BIN)/pip freeze --exclude-editable | grep -v -E '^(torch|triton|nvidia-[a-z0-9-]+|pip|setuptools|wheel)==' >> constraints.txt
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache
