@@ -3,15 +3,50 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, NoReturn
 
 import typer
 
-from ganforge.config import ConfigError
+from ganforge.config import ConfigError, GanforgeConfig
+from ganforge.shutdown import Stop, shutdown_ray, stop_on_signals
 
 
 def _fail(message: str) -> None:
     typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
     raise typer.Exit(2)
+
+
+def _train_until_stopped(command: str, cfg: GanforgeConfig, **kwargs: Any) -> Path:
+    """`run_training(cfg, **kwargs)` where SIGTERM and Ctrl-C cancel the run; a cluster it started
+    is shut down, every process of it, whichever way it ends."""
+    from ganforge.cluster.launch import run_training
+
+    with stop_on_signals():
+        try:
+            return run_training(cfg, **kwargs)
+        except Stop as e:
+            stop = e
+        finally:
+            shutdown_ray()
+    _stopped(command, stop, cfg.run_dir or str(cfg.resolved_run_dir()))
+
+
+def _stopped(command: str, stop: Stop, run_dir: str) -> NoReturn:
+    """Training cancelled by SIGINT/SIGTERM: say where the run stands and exit 128 + the signal
+    (130, 143), as a shell reports a command a signal ended."""
+    from ganforge.checkpoint import list_checkpoints
+    from ganforge.rundir import RunDir
+    from ganforge.storage import is_uri
+
+    done = [] if is_uri(run_dir) else list_checkpoints(RunDir(run_dir).checkpoints)
+    if done:
+        where = f"latest checkpoint: step {done[0][0]}; rerun with --resume to continue"
+    elif is_uri(run_dir):
+        where = "rerun with --resume to continue from its latest checkpoint"
+    else:
+        where = "no checkpoint yet"
+    typer.echo(f"ganforge {command}: stopped by {stop.name}; {where} ({run_dir})", err=True)
+    raise typer.Exit(stop.exit_code)
 
 
 def train(
@@ -60,7 +95,6 @@ def train(
     Writes RUN_DIR/config.yaml, checkpoints/, samples/, metrics.jsonl and TensorBoard events. The
     same command works as a `ray job submit` entrypoint.
     """
-    from ganforge.cluster.launch import run_training
     from ganforge.config import load_config, parse_override, resolve_config_path
 
     try:
@@ -75,7 +109,7 @@ def train(
             "train.precision": precision,
         }
         cfg = load_config(resolve_config_path(config), overrides)
-        out = run_training(cfg, resume=resume, show_progress=progress)
+        out = _train_until_stopped("train", cfg, resume=resume, show_progress=progress)
     except ConfigError as e:
         _fail(str(e))
     mirror = f" (local mirror {out})" if str(out) != cfg.run_dir else ""
@@ -94,7 +128,6 @@ def demo(
     import time
 
     from ganforge.checkpoint import list_checkpoints, resolve_checkpoint
-    from ganforge.cluster.launch import run_training
     from ganforge.config import load_config, resolve_config_path
     from ganforge.rundir import RunDir
 
@@ -112,7 +145,7 @@ def demo(
             )
             run = out
         else:
-            run = run_training(cfg, resume=None)
+            run = _train_until_stopped("demo", cfg, resume=None)
     except ConfigError as e:
         _fail(str(e))
     ckpt = resolve_checkpoint(run)

@@ -20,6 +20,7 @@ from ganforge.checkpoint import CheckpointError, list_checkpoints, read_marker
 from ganforge.config import ConfigError, GanforgeConfig, ModelConfig
 from ganforge.models import check_recipe, get_variant
 from ganforge.rundir import RunDir
+from ganforge.shutdown import init_ray
 from ganforge.storage import StorageError, is_uri
 
 
@@ -231,7 +232,8 @@ def run_training(
         )
         return prep.run_dir
     if not ray.is_initialized():
-        ray.init(logging_level="WARNING", log_to_driver=True)
+        # The caller shuts it down: `ganforge train` with shutdown_ray(), others at exit.
+        init_ray(logging_level="WARNING", log_to_driver=True)
     resources = {"CPU": cfg.cluster.cpus_per_worker} | ({"GPU": 1} if cfg.cluster.gpu else {})
     trainer = TorchTrainer(
         train_func,
@@ -260,5 +262,35 @@ def run_training(
     if prep.resume_from is not None:
         print(f"[ganforge] resuming {prep.storage_path} from step {prep.start_step}", flush=True)
     with ProgressTail(prep.run.metrics_path, cfg.train.max_steps, prep.start_step, show_progress):
-        trainer.fit()
+        _fit(trainer)
     return prep.run_dir
+
+
+def _fit(trainer: Any) -> None:
+    """`trainer.fit()`, on a helper thread when called on the main one, which then only waits.
+
+    On the main thread, Ray Train's fit() replaces the SIGINT handler with its own (abort the run,
+    then `sys.exit(0)`: an interrupted run would end like a finished one). Off it, SIGINT and
+    SIGTERM stay with ganforge's handlers (ganforge.shutdown), whose `Stop` interrupts the wait
+    below; the caller's shutdown_ray() then ends the run with the cluster.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        trainer.fit()
+        return
+    failure: list[BaseException] = []
+    done = threading.Event()
+
+    def fit() -> None:
+        try:
+            trainer.fit()
+        except BaseException as e:  # handed to the main thread, which raises it
+            failure.append(e)
+        finally:
+            done.set()
+
+    threading.Thread(target=fit, name="ray-train-fit", daemon=True).start()
+    # A signal handler's exception interrupts this wait. (Not Thread.join(): interrupted, it
+    # marks the thread as stopped while it still runs.)
+    done.wait()
+    if failure:
+        raise failure[0]
