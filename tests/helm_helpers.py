@@ -155,7 +155,45 @@ CASES: dict[str, dict[str, Any]] = {
         "rayAuth": {"mode": "disabled"},
         "serve": SERVE_ON,
     },
+    # The API behind a bearer token from an existing Secret, autoscaling (the one pod that keeps
+    # its service account token), and a NetworkPolicy narrowed to named namespaces and a CIDR.
+    "api-auth-netpol-narrow": {
+        "serve": {
+            "enabled": True,
+            "auth": {"existingSecret": "gan-api-token", "secretKey": "api.key"},
+            "autoscaling": {"enabled": True},
+            "ingress": {"enabled": True, "className": "nginx", "tlsSecretName": "tls-cert"},
+        },
+        "networkPolicy": {
+            "kuberayOperator": {
+                "namespaceLabels": {"kubernetes.io/metadata.name": "kuberay-system"},
+                "podLabels": {"app.kubernetes.io/name": "kuberay-operator"},
+            },
+            "serveFrom": [
+                {
+                    "namespaceSelector": {
+                        "matchLabels": {"kubernetes.io/metadata.name": "ingress-nginx"}
+                    },
+                    "podSelector": {
+                        "matchExpressions": [
+                            {
+                                "key": "app.kubernetes.io/name",
+                                "operator": "In",
+                                "values": ["ingress-nginx"],
+                            }
+                        ]
+                    },
+                },
+                {"ipBlock": {"cidr": "10.0.0.0/8", "except": ["10.1.0.0/16"]}},
+            ],
+            "metricsFrom": [],
+        },
+    },
+    "netpol-off": {"networkPolicy": {"enabled": False}, "serve": SERVE_ON},
 }
+
+# Where the serving pods find the API token (serve.auth; _helpers.tpl ganforge.apiTokenDir).
+API_TOKEN_DIR = "/var/run/secrets/ganforge/api-token"
 
 
 def merge(a: dict, b: dict) -> dict:
@@ -205,6 +243,16 @@ def check_pod(name: str, template: dict, values: dict[str, Any]) -> None:
         vol = next(v for v in spec["volumes"] if v["name"] == tmp[0]["name"])
         assert "emptyDir" in vol
         assert not any("value" in e and "SECRET" in e["name"].upper() for e in c.get("env", []))
+
+
+def needs_kube_api(doc: dict, name: str, values: dict[str, Any]) -> bool:
+    """Whether a pod template of the chart must mount its service account token: only the
+    serving head with autoscaling, where KubeRay's autoscaler sidecar calls the Kubernetes API."""
+    return (
+        doc["kind"] == "RayService"
+        and name == "head"
+        and values["serve"]["autoscaling"]["enabled"] is True
+    )
 
 
 def parse_entrypoint(entrypoint: str) -> tuple[list[str], Any]:

@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from tests.helm_helpers import (
+    API_TOKEN_DIR,
     CASES,
     CHART,
     K8S_VERSION,
@@ -27,6 +28,7 @@ from tests.helm_helpers import (
     by_kind,
     check_pod,
     merged,
+    needs_kube_api,
     parse_entrypoint,
     pod_templates,
     render,
@@ -52,6 +54,8 @@ def test_chart_renders_and_validates(helm: str, tmp_path: Path, case: str) -> No
     assert bool(by_kind(docs, "Ingress")) is (
         values["serve"]["enabled"] and values["serve"]["ingress"]["enabled"]
     )
+    ray_pods = values["train"]["enabled"] or values["serve"]["enabled"]
+    assert bool(by_kind(docs, "NetworkPolicy")) is (values["networkPolicy"]["enabled"] and ray_pods)
     pvcs = by_kind(docs, "PersistentVolumeClaim")
     assert bool(pvcs) is (not (values["storage"]["existingClaim"] or values["storage"]["url"]))
     for pvc in pvcs:
@@ -74,6 +78,14 @@ def test_chart_renders_and_validates(helm: str, tmp_path: Path, case: str) -> No
                 if name != "submitter":
                     assert "ganforge.dev/runs-claim" in template["metadata"]["labels"], name
                     assert ("affinity" in template["spec"]) is single, name
+                # No API token in a pod unless a container of it calls the Kubernetes API.
+                automount = template["spec"]["automountServiceAccountToken"]
+                assert automount is needs_kube_api(doc, name, values), (doc["kind"], name)
+                # The API token is mounted into the serving pods only, when serve.auth is set.
+                token_mounted = any(v["name"] == "api-token" for v in template["spec"]["volumes"])
+                assert token_mounted is (
+                    doc["kind"] == "RayService" and bool(values["serve"]["auth"]["existingSecret"])
+                ), (doc["kind"], name)
             cluster = doc["spec"].get("rayClusterSpec") or doc["spec"]["rayClusterConfig"]
             if version_tuple(values["kuberayVersion"]) >= (1, 5, 1):
                 assert cluster["authOptions"]["mode"] == values["rayAuth"]["mode"]
@@ -282,6 +294,162 @@ def test_serve_deployment_name_exists_in_the_app(helm: str, tmp_path: Path) -> N
     svc = by_kind(render(helm, {"serve": SERVE_ON}, tmp_path), "RayService")[0]
     (app,) = yaml.safe_load(svc["spec"]["serveConfigV2"])["applications"]
     assert {d["name"] for d in app["deployments"]} <= names, names
+
+
+def _container_ports(docs: list[dict]) -> dict[str, set[int]]:
+    ports: dict[str, set[int]] = {}
+    for doc in by_kind(docs, "RayJob") + by_kind(docs, "RayService"):
+        for _, template in pod_templates(doc):
+            for p in template["spec"]["containers"][0].get("ports", []):
+                ports.setdefault(p["name"], set()).add(p["containerPort"])
+    return ports
+
+
+def _rule_ports(rule: dict) -> set[int]:
+    assert all(p["protocol"] == "TCP" for p in rule.get("ports", []))
+    return {p["port"] for p in rule.get("ports", [])}
+
+
+@pytest.mark.parametrize("serve", [False, True])
+def test_network_policy_admits_only_the_needed_ports(
+    helm: str, tmp_path: Path, serve: bool
+) -> None:
+    """On by default: the release's pods accept each other on any port, the KubeRay operator on
+    the dashboard port, the Ingress controller on the Serve port, Prometheus on the metrics
+    ports, and nothing else; egress is left alone."""
+    docs = render(helm, {"serve": {"enabled": serve}}, tmp_path)
+    (pol,) = by_kind(docs, "NetworkPolicy")
+    kubernetes_validate.validate(pol, K8S_VERSION, strict=True)
+    spec = pol["spec"]
+    assert spec["policyTypes"] == ["Ingress"] and "egress" not in spec
+    release = {"app.kubernetes.io/name": "ganforge", "app.kubernetes.io/instance": "rel"}
+    assert spec["podSelector"] == {"matchLabels": release}
+    # It selects every pod the chart makes: Ray heads and workers of both clusters, submitter.
+    templates = [
+        t
+        for d in by_kind(docs, "RayJob") + by_kind(docs, "RayService")
+        for _, t in pod_templates(d)
+    ]
+    assert len(templates) == (5 if serve else 3)  # train head, workers, submitter; serve 2
+    for template in templates:
+        assert release.items() <= template["metadata"]["labels"].items()
+    # No rule without `from`: that would admit every source.
+    assert all(rule.get("from") for rule in spec["ingress"])
+    internal, operator, *outside = spec["ingress"]
+    assert internal == {"from": [{"podSelector": {"matchLabels": release}}]}
+    assert operator["from"] == [
+        {
+            "namespaceSelector": {},
+            "podSelector": {"matchLabels": {"app.kubernetes.io/name": "kuberay-operator"}},
+        }
+    ]
+    assert _rule_ports(operator) == {8265}
+    any_namespace = [{"namespaceSelector": {}}]
+    expect = ([({8000}, any_namespace)] if serve else []) + [({8080, 9100}, any_namespace)]
+    assert [(_rule_ports(r), r["from"]) for r in outside] == expect
+    # Each port is a port the pods declare: dashboard on the heads, Serve, the metrics exports.
+    ports = _container_ports(docs)
+    assert ports["dashboard"] == {8265} and ports["metrics"] == {8080}
+    assert ports["train-metrics"] == {9100}
+    assert ports.get("serve", set()) == ({8000} if serve else set())
+
+    # Disabling it removes it; so does having no Ray pods (storage only).
+    assert not by_kind(
+        render(helm, {"networkPolicy": {"enabled": False}}, tmp_path), "NetworkPolicy"
+    )
+    assert not by_kind(render(helm, {"train": {"enabled": False}}, tmp_path), "NetworkPolicy")
+
+
+def test_network_policy_peers_come_from_values(helm: str, tmp_path: Path) -> None:
+    """Narrowed peers are passed through as written; an empty list drops the rule (it never
+    renders `from: []`, which would admit everyone); training off drops its metrics port."""
+    case = CASES["api-auth-netpol-narrow"]
+    docs = render(helm, case, tmp_path)
+    (pol,) = by_kind(docs, "NetworkPolicy")
+    kubernetes_validate.validate(pol, K8S_VERSION, strict=True)
+    rules = pol["spec"]["ingress"]
+    assert all(rule.get("from") for rule in rules)
+    assert rules[1]["from"] == [
+        {
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kuberay-system"}},
+            "podSelector": {"matchLabels": {"app.kubernetes.io/name": "kuberay-operator"}},
+        }
+    ]
+    assert [(_rule_ports(r), r["from"]) for r in rules[2:]] == [
+        ({8000}, case["networkPolicy"]["serveFrom"])
+    ]  # metricsFrom: [] -> no metrics rule
+    np_values = {"serveFrom": [], "metricsFrom": [{"namespaceSelector": {}}]}
+    docs = render(
+        helm, {"train": {"enabled": False}, "serve": SERVE_ON, "networkPolicy": np_values}, tmp_path
+    )
+    (pol,) = by_kind(docs, "NetworkPolicy")
+    assert [_rule_ports(r) for r in pol["spec"]["ingress"]] == [set(), {8265}, {8080}]
+    docs = render(helm, {"train": {"metricsPort": 0}}, tmp_path)
+    (pol,) = by_kind(docs, "NetworkPolicy")
+    assert _rule_ports(pol["spec"]["ingress"][-1]) == {8080}
+
+
+def test_api_token_comes_from_a_secret_file(helm: str, tmp_path: Path) -> None:
+    """serve.auth: the Secret is mounted read-only into the serving head and workers (where the
+    replicas run), readable by the ray user through fsGroup and by nobody else, and the app's
+    api_token_file names the mounted file. Training pods never see it; without serve.auth the
+    app gets no api_token_file (the API is open)."""
+    values = merged("api-auth-netpol-narrow")
+    docs = render(helm, CASES["api-auth-netpol-narrow"], tmp_path)
+    svc = by_kind(docs, "RayService")[0]
+    (app,) = yaml.safe_load(svc["spec"]["serveConfigV2"])["applications"]
+    token_file = f"{API_TOKEN_DIR}/token"
+    assert app["args"]["api_token_file"] == token_file
+    assert set(app["args"]) == SERVE_ARGS | {"api_token_file"}
+    from ganforge.serve.schemas import AppArgs
+
+    if "api_token_file" in AppArgs.model_fields:  # the app's side of the contract, once it exists
+        assert AppArgs.model_validate(app["args"]).api_token_file is not None
+    groups = {name for name, _ in pod_templates(svc)}
+    assert groups == {"head", "gpu"}
+    for name, template in pod_templates(svc):
+        spec = template["spec"]
+        (vol,) = [v for v in spec["volumes"] if v["name"] == "api-token"]
+        assert vol["secret"]["secretName"] == "gan-api-token", name
+        assert vol["secret"]["items"] == [{"key": "api.key", "path": "token"}]
+        mode = vol["secret"]["defaultMode"]
+        assert mode == 0o440, oct(mode)  # owner root, group fsGroup: read only, no others
+        psc = spec["securityContext"]
+        # The ray user reads it through the group: fsGroup owns the files of secret volumes.
+        assert psc["fsGroup"] == values["security"]["fsGroup"] == psc["runAsGroup"]
+        (mount,) = [m for m in spec["containers"][0]["volumeMounts"] if m["name"] == "api-token"]
+        assert mount == {"name": "api-token", "mountPath": API_TOKEN_DIR, "readOnly": True}
+        assert token_file.startswith(mount["mountPath"] + "/")
+    for name, template in pod_templates(by_kind(docs, "RayJob")[0]):
+        assert not [v for v in template["spec"]["volumes"] if "secret" in v], name
+
+    svc = by_kind(render(helm, {"serve": SERVE_ON}, tmp_path), "RayService")[0]
+    (app,) = yaml.safe_load(svc["spec"]["serveConfigV2"])["applications"]
+    assert "api_token_file" not in app["args"]
+
+
+def test_only_the_autoscaling_head_mounts_a_service_account_token(
+    helm: str, tmp_path: Path
+) -> None:
+    """automountServiceAccountToken is false on every pod, the submitter included; the serving
+    head keeps it exactly when the Ray autoscaler sidecar (which calls the API) runs in it."""
+    for autoscaling in (False, True):
+        serve = {"enabled": True, "autoscaling": {"enabled": autoscaling}}
+        docs = render(helm, {"serve": serve}, tmp_path)
+        svc = by_kind(docs, "RayService")[0]
+        assert svc["spec"]["rayClusterConfig"]["enableInTreeAutoscaling"] is autoscaling
+        mounts = {
+            (doc["kind"], name): template["spec"]["automountServiceAccountToken"]
+            for doc in by_kind(docs, "RayJob") + [svc]
+            for name, template in pod_templates(doc)
+        }
+        assert mounts == {
+            ("RayJob", "head"): False,
+            ("RayJob", "gpu"): False,
+            ("RayJob", "submitter"): False,
+            ("RayService", "head"): autoscaling,
+            ("RayService", "gpu"): False,
+        }
 
 
 def test_podmonitors_target_named_metrics_ports(helm: str, tmp_path: Path) -> None:

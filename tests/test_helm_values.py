@@ -141,6 +141,40 @@ BAD_VALUES = [
         TPL,
     ),
     ({"kuberayVersion": "1.4.2"}, "rayAuth.mode=token needs KubeRay >= 1.5.1", TPL),
+    # Access control: the API token Secret and the NetworkPolicy peers.
+    (
+        {"serve": {"auth": {"existingSecret": "Gan_Token"}}},
+        "serve.auth.existingSecret: Does not match pattern",
+        BOTH,
+    ),
+    ({"serve": {"auth": {"secretKey": ""}}}, "serve.auth.secretKey: Does not match pattern", BOTH),
+    ({"serve": {"auth": {"token": "s3cr3t"}}}, "Additional property token is not allowed", BOTH),
+    ({"networkPolicy": {"enabled": "yes"}}, "networkPolicy.enabled: Invalid type", BOTH),
+    (
+        {"networkPolicy": {"serveFrom": [{}]}},
+        "networkPolicy.serveFrom.0: Must have at least 1",
+        BOTH,
+    ),
+    (
+        {"networkPolicy": {"metricsFrom": [{"namespaceSelector": {"matchLabel": {"a": "b"}}}]}},
+        "Additional property matchLabel is not allowed",
+        BOTH,
+    ),
+    (
+        {"networkPolicy": {"serveFrom": None}},
+        "networkPolicy: serveFrom is required",
+        BOTH,
+    ),
+    (
+        {"networkPolicy": {"kuberayOperator": {"podLabels": {"app": 1}}}},
+        "networkPolicy.kuberayOperator.podLabels.app: Invalid type",
+        BOTH,
+    ),
+    (
+        {"networkPolicy": {"serveFrom": [{"ipBlock": {"cidr": "10.0.0.0/8"}, "podSelector": {}}]}},
+        "networkPolicy.serveFrom[0] has an ipBlock and a podSelector or namespaceSelector",
+        TPL,
+    ),
 ]
 
 

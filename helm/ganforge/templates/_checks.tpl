@@ -7,6 +7,7 @@ and what to change. Rendered by validate.yaml, so `helm install/upgrade/template
 {{- define "ganforge.checks" -}}
 {{- include "ganforge.checks.storage" . -}}
 {{- include "ganforge.checks.rayAuth" . -}}
+{{- include "ganforge.checks.networkPolicy" . -}}
 {{- if .Values.train.enabled -}}
 {{- include "ganforge.checks.train" . -}}
 {{- end -}}
@@ -52,6 +53,17 @@ and what to change. Rendered by validate.yaml, so `helm install/upgrade/template
 {{- end -}}
 {{- if and $auth.secretName (semverCompare "<1.6.0-0" .Values.kuberayVersion) -}}
 {{- fail (printf "rayAuth.secretName renders authOptions.secretName, which KubeRay defines from v1.6.0 only, but kuberayVersion is %s (an older operator drops the field and generates its own token Secret): upgrade the operator and set kuberayVersion, or leave rayAuth.secretName empty" .Values.kuberayVersion) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* A NetworkPolicyPeer is an ipBlock alone, or pod/namespace selectors (the API refuses both). */}}
+{{- define "ganforge.checks.networkPolicy" -}}
+{{- range $list := list "serveFrom" "metricsFrom" -}}
+{{- range $i, $peer := index $.Values.networkPolicy $list -}}
+{{- if and (hasKey $peer "ipBlock") (or (hasKey $peer "podSelector") (hasKey $peer "namespaceSelector")) -}}
+{{- fail (printf "networkPolicy.%s[%d] has an ipBlock and a podSelector or namespaceSelector: Kubernetes refuses such a peer. Make the ipBlock its own list item (items are alternatives: any one admits the traffic)" $list $i) -}}
+{{- end -}}
 {{- end -}}
 {{- end -}}
 {{- end -}}

@@ -125,6 +125,15 @@ envFrom:
       name: {{ .Values.objectStore.credentialsSecret }}
 {{- end -}}
 
+{{/* Where serving pods find the API's bearer token (serve.auth); the app reads the file. */}}
+{{- define "ganforge.apiTokenDir" -}}
+/var/run/secrets/ganforge/api-token
+{{- end -}}
+
+{{- define "ganforge.apiTokenFile" -}}
+{{- include "ganforge.apiTokenDir" . }}/token
+{{- end -}}
+
 {{/* Volumes of a Ray pod. Args: dict "root" $ "component" "train"|"serve". */}}
 {{- define "ganforge.volumes" -}}
 {{- $v := .root.Values -}}
@@ -152,6 +161,20 @@ envFrom:
   configMap:
     name: {{ include "ganforge.fullname" .root }}-train
 {{- end }}
+{{- if and (eq .component "serve") $v.serve.auth.existingSecret }}
+{{- /*
+serve.auth: the key is always mounted as `token`. Mode 0440 (288), group fsGroup: the ray user
+(runAsUser, fsGroup among its groups) reads it, nobody writes it. A missing Secret or key keeps
+the pod from starting (not optional), rather than serving an open API.
+*/}}
+- name: api-token
+  secret:
+    secretName: {{ $v.serve.auth.existingSecret }}
+    items:
+      - key: {{ $v.serve.auth.secretKey | quote }}
+        path: token
+    defaultMode: 288
+{{- end }}
 {{- end -}}
 
 {{- define "ganforge.volumeMounts" -}}
@@ -173,6 +196,11 @@ envFrom:
 {{- if and (eq .component "train") .head (not $v.train.variant) }}
 - name: train-config
   mountPath: /etc/ganforge
+  readOnly: true
+{{- end }}
+{{- if and (eq .component "serve") $v.serve.auth.existingSecret }}
+- name: api-token
+  mountPath: {{ include "ganforge.apiTokenDir" .root }}
   readOnly: true
 {{- end }}
 {{- end -}}
@@ -229,7 +257,8 @@ authOptions:
 {{/*
 The pod template of a Ray head or worker. Args: dict
   root: $, component: "train"|"serve", head: bool, group: values with resources/nodeSelector/
-  tolerations, gpus: int, ports: list of {name, containerPort}.
+  tolerations, gpus: int, ports: list of {name, containerPort}, kubeApi: bool (optional: a
+  container of the pod calls the Kubernetes API, so the service account token is mounted).
 */}}
 {{- define "ganforge.rayPodTemplate" -}}
 {{- $root := .root -}}
@@ -237,6 +266,8 @@ The pod template of a Ray head or worker. Args: dict
 metadata:
   {{- include "ganforge.podMetadata" (dict "root" $root "component" .component "claim" true) | nindent 2 }}
 spec:
+  {{- /* Ray itself never calls the Kubernetes API: no token for code on the cluster to steal. */}}
+  automountServiceAccountToken: {{ .kubeApi | default false }}
   securityContext:
     {{- include "ganforge.podSecurityContext" $root | nindent 4 }}
   {{- if $v.storage.singleNode }}
