@@ -60,7 +60,17 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 MARKER = "<!-- sections below are generated from docs/readme/*.md by scripts/build_readme.py -->"
 # Reading order: from data to training to what users do with the result, then the internals.
-ORDER = ("data", "train", "distributed", "kernels", "quality", "serve", "deploy", "architecture")
+ORDER = (
+    "data",
+    "train",
+    "distributed",
+    "kernels",
+    "quality",
+    "serve",
+    "deploy",
+    "security",
+    "architecture",
+)
 SECTIONS = ROOT / "docs" / "readme"
 PAGE_SOURCES = ROOT / "docs" / "src"
 PAGES = ROOT / "docs"

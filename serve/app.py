@@ -13,6 +13,7 @@ from pydantic import ValidationError
 from ray import serve
 from ray.serve.config import AutoscalingConfig, BackpressureConfig
 
+from ganforge.serve.auth import read_api_token
 from ganforge.serve.deployment import GanforgeServer
 from ganforge.serve.schemas import AppArgs, format_errors
 
@@ -47,13 +48,16 @@ def build_app(args: dict[str, Any]) -> serve.Application:
     """Application builder for `serve run ganforge.serve.app:build_app` and configs/serve.yaml.
 
     Validates the arguments and (unless `validate_on_build: false`) loads every checkpoint once,
-    so a corrupt or mismatched one fails here with `CheckpointError` naming the model.
+    so a corrupt or mismatched one fails here with `CheckpointError` naming the model, and reads
+    the API token (an unreadable or empty `api_token_file` raises ValueError). Replicas read the
+    token again when they start: the file (or GANFORGE_API_TOKEN) must be there too.
     """
     from ganforge.checkpoint import CheckpointError
     from ganforge.models import load_model
 
     a = parse_args(args)
     if a.validate_on_build:
+        read_api_token(a.api_token_file)
         for name, path in a.models.items():
             try:
                 load_model(path)

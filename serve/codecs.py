@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import io
+import logging
+import math
 import struct
 import zlib
 
@@ -11,11 +13,14 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from ganforge.data.codec import to_mode
 from ganforge.images import array_to_png, tile
 from ganforge.serve.schemas import ApiError
 
-UPLOAD_FORMATS = {"PNG", "JPEG"}
-# A small compressed file can expand to gigabytes; refuse big pictures before decoding them.
+log = logging.getLogger("ganforge.serve")
+# The only Pillow decoders an upload reaches (`Image.open(formats=...)`).
+UPLOAD_FORMATS = ("PNG", "JPEG")
+# Whatever the model's size: a small compressed file can expand to gigabytes.
 MAX_UPLOAD_PIXELS = 4096 * 4096
 
 
@@ -60,27 +65,84 @@ def npy_bytes(arr: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+def upload_pixel_cap(resolution: int) -> int:
+    """Most pixels an upload to a model of `resolution` may have: (16 x resolution)^2, at most
+    MAX_UPLOAD_PIXELS. Scoring shrinks every upload to the model's size, so a bigger picture
+    only costs decode time; a file of a few KB can declare millions of pixels."""
+    return min(MAX_UPLOAD_PIXELS, (16 * resolution) ** 2)
+
+
+def _shown(filename: str | None) -> str:
+    """The upload's name as said back in an error: the client's own, shortened."""
+    name = filename or "upload"
+    return name if len(name) <= 80 else name[:77] + "..."
+
+
+# Other formats' leading bytes, only to name them in the refusal: no decoder of theirs runs.
+_OTHER_FORMATS = {
+    b"GIF87a": "GIF",
+    b"GIF89a": "GIF",
+    b"BM": "BMP",
+    b"II*\0": "TIFF",
+    b"MM\0*": "TIFF",
+    b"\0\0\1\0": "ICO",
+    b"8BPS": "PSD",
+}
+
+
+def _too_large(name: str, size: tuple[int, int] | None, cap: int) -> ApiError:
+    side = math.isqrt(cap)
+    what = "more pixels" if size is None else f"{size[0]}x{size[1]} pixels is more"
+    return ApiError(
+        413,
+        f"{name}: {what} than this model accepts: at most {cap} pixels (e.g. {side}x{side}) "
+        "per upload",
+    )
+
+
+def _refuse_format(data: bytes, name: str) -> ApiError:
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        kind: str | None = "WEBP"
+    else:
+        kind = next((k for sig, k in _OTHER_FORMATS.items() if data.startswith(sig)), None)
+    if kind is not None:
+        return ApiError(415, f"{name}: {kind} images are not accepted; upload PNG or JPEG")
+    return ApiError(415, f"{name}: not a readable PNG or JPEG image")
+
+
 def decode_upload(data: bytes, filename: str | None, resolution: int, channels: int):
     """A PNG/JPEG upload -> ([C, H, W] float in [-1, 1], resized?) at the model's shape.
 
-    Refuses anything PIL does not identify as PNG or JPEG with a 415.
+    Blocking (decode, convert, resize): call it off the event loop. Only Pillow's PNG and JPEG
+    decoders ever run: anything else is a 415 before any decoding. A header declaring more than
+    `upload_pixel_cap(resolution)` pixels is a 413 before the pixels are decoded. Colour modes
+    go through `ganforge.data.codec.to_mode`, the conversion `ganforge data pack` applies to
+    training images (16-bit and 32-bit grey are scaled to 8 bits, not clipped).
     """
-    name = filename or "upload"
+    name = _shown(filename)
+    cap = upload_pixel_cap(resolution)
     try:
-        img = Image.open(io.BytesIO(data))
-        fmt = img.format
-        if img.size[0] * img.size[1] > MAX_UPLOAD_PIXELS:
-            raise ApiError(413, f"{name}: {img.size[0]}x{img.size[1]} pixels is too large")
-        img.load()  # decode now: a truncated file fails here, not later
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
-        raise ApiError(415, f"{name}: not a readable PNG or JPEG image ({e})") from None
-    if fmt not in UPLOAD_FORMATS:
-        raise ApiError(415, f"{name}: {fmt} images are not accepted; upload PNG or JPEG")
-    mode = "L" if channels == 1 else "RGB"
-    resized = img.size != (resolution, resolution) or img.mode != mode
-    img = img.convert(mode)
-    if img.size != (resolution, resolution):
-        img = img.resize((resolution, resolution), Image.Resampling.BICUBIC)
+        img = Image.open(io.BytesIO(data), formats=UPLOAD_FORMATS)
+    except UnidentifiedImageError:
+        raise _refuse_format(data, name) from None
+    except Image.DecompressionBombError:  # Pillow's own limit, far above ours
+        raise _too_large(name, None, cap) from None
+    except Exception as e:  # a header Pillow cannot parse, whatever it raises
+        log.info("upload %r: unreadable header: %s: %s", name, type(e).__name__, e)
+        raise ApiError(415, f"{name}: not a readable PNG or JPEG image") from None
+    width, height = img.size
+    if width * height > cap:
+        raise _too_large(name, (width, height), cap)
+    mode = img.mode
+    try:
+        img.load()  # decode now: a truncated or corrupt file fails here, not later
+        img = to_mode(img, channels)
+        if img.size != (resolution, resolution):
+            img = img.resize((resolution, resolution), Image.Resampling.BICUBIC)
+    except Exception as e:  # Pillow raises many types on corrupt data (OSError, SyntaxError...)
+        log.info("upload %r: cannot decode: %s: %s", name, type(e).__name__, e)
+        raise ApiError(415, f"{name}: not a readable PNG or JPEG image") from None
+    resized = (width, height) != (resolution, resolution) or mode != img.mode
     arr = np.asarray(img, dtype=np.uint8).reshape(resolution, resolution, channels)
     x = torch.from_numpy(arr.copy()).permute(2, 0, 1).float() / 127.5 - 1.0
     return x, resized

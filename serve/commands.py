@@ -7,10 +7,12 @@ from typing import Any
 import typer
 
 from ganforge.serve.schemas import AppArgs
+from ganforge.shutdown import Stop, init_ray, owns_cluster, shutdown_ray, stop_on_signals
 
 # A field's inclusive bounds (pydantic's `ge`/`le` metadata) -> typer's `min`/`max`. Exclusive
 # ones have no typer option; AppArgs itself still enforces them.
 _BOUNDS = {"ge": "min", "le": "max"}
+APP_NAME = "ganforge"  # the Serve application `ganforge serve` runs
 
 
 def app_option(field: str, *decls: str, help: str | None = None) -> Any:
@@ -79,12 +81,18 @@ def serve_cmd(
     ),
     max_queued_requests: int = app_option("max_queued_requests"),
     num_cpus: float = app_option("num_cpus"),
+    api_token_file: str | None = app_option(
+        "api_token_file",
+        "--api-token-file",
+        help="File holding an API token: every route but /, /healthz and /docs then needs "
+        "`Authorization: Bearer <token>`. Without it, GANFORGE_API_TOKEN (if set) is the token.",
+    ),
 ) -> None:
     """Serve trained generators over HTTP (Ray Serve) until Ctrl-C.
 
     Routes: / (web page), /v1/generate, /v1/models, /v1/score, /healthz, /docs.
     """
-    import time
+    import os
 
     args = {
         "models": parse_models(model),
@@ -97,6 +105,8 @@ def serve_cmd(
         "max_ongoing_requests": max_ongoing_requests,
         "max_queued_requests": max_queued_requests,
         "num_cpus": num_cpus,
+        # Absolute: the replicas read it, from their own working directory.
+        "api_token_file": api_token_file and os.path.abspath(api_token_file),
     }
     from ganforge.checkpoint import CheckpointError
     from ganforge.serve.app import build_app
@@ -105,23 +115,66 @@ def serve_cmd(
         app = build_app(args)  # validates arguments and checkpoints before Ray starts
     except (CheckpointError, ValueError) as e:
         _fail(str(e))
+    code = 0
+    with stop_on_signals():  # SIGTERM (Kubernetes, systemd) and Ctrl-C raise Stop
+        try:
+            _serve_until_stopped(app, host, port, list(args["models"]))
+        except Stop as again:  # a second signal while draining
+            typer.echo(f"ganforge serve: {again.name} again: stopped without draining", err=True)
+            code = again.exit_code
+        finally:
+            shutdown_ray()  # the embedded cluster, every process of it
+    if code:
+        raise typer.Exit(code)
+    typer.echo("ganforge serve: stopped", err=True)
+
+
+def _serve_until_stopped(app: Any, host: str, port: int, names: list[str]) -> None:
+    """Start Ray and the app, block until a first SIGTERM/SIGINT, then drain the app."""
+    import time
+
     import ray
     from ray import serve
 
-    ray.init()  # an embedded local cluster unless RAY_ADDRESS points at one
+    serving = False
     try:
+        init_ray()  # an embedded local cluster unless RAY_ADDRESS points at one
         serve.start(http_options={"host": host, "port": port})
-        serve.run(app, name="ganforge", route_prefix="/", blocking=False)
+        serving = True  # from here on there may be requests to drain
+        serve.run(app, name=APP_NAME, route_prefix="/", blocking=False)
         shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
-        typer.echo(f"ganforge serving {', '.join(args['models'])} at http://{shown}:{port}/")
+        typer.echo(f"ganforge serving {', '.join(names)} at http://{shown}:{port}/")
         typer.echo("  API docs: /docs   metrics: Ray's metrics export port   Ctrl-C to stop")
         while True:
             time.sleep(3600)
-    except KeyboardInterrupt:
-        typer.echo("stopping")
+    except Stop as stop:
+        _drain(stop, serving)
     finally:
-        serve.shutdown()
-        ray.shutdown()
+        # On a cluster started here, shutdown_ray() ends Serve with the rest (at once, where a
+        # second signal cut the drain short); on one named by RAY_ADDRESS the app would outlive
+        # this command.
+        if ray.is_initialized() and not owns_cluster():
+            serve.shutdown()
+
+
+def _drain(stop: Stop, serving: bool) -> None:
+    """A first SIGTERM/SIGINT: stop taking requests and let those in flight finish.
+
+    serve.shutdown() alone kills the HTTP proxies at once, cutting off the responses they are
+    waiting for. Deleting the app first drains it: the proxies stop routing to it while its
+    replicas finish what they hold (up to Serve's graceful_shutdown_timeout_s, 20 s by default);
+    serve.shutdown() then has nothing left to cut.
+    """
+    from ray import serve
+
+    what = "finishing in-flight requests" if serving else "nothing served yet"
+    typer.echo(
+        f"ganforge serve: {stop.name} received: {what}, then stopping (send it again to stop "
+        "at once)",
+        err=True,
+    )
+    if serving:
+        serve.delete(APP_NAME)
 
 
 def register(app: typer.Typer) -> None:

@@ -25,9 +25,10 @@ from ray import serve
 from ganforge.images import to_uint8
 from ganforge.models import get_variant
 from ganforge.serve import codecs
+from ganforge.serve.auth import read_api_token
 from ganforge.serve.handling import SCORE_CAVEAT, generate_response, score_images
 from ganforge.serve.metrics import get_metrics
-from ganforge.serve.model_pool import ModelPool
+from ganforge.serve.model_pool import ModelPool, ServedModel
 from ganforge.serve.routes import build_http_app
 from ganforge.serve.schemas import (
     ApiError,
@@ -62,6 +63,8 @@ class GanforgeServer:
 
     def __init__(self, args: dict[str, Any]):
         self.args = AppArgs.model_validate(args)
+        # Read once, first: a missing or empty token file stops the replica before it loads.
+        self._api_token = read_api_token(self.args.api_token_file)
         device = "cuda" if self.args.gpu and torch.cuda.is_available() else "cpu"
         if device == "cpu":
             torch.set_num_threads(max(1, int(self.args.num_cpus)))
@@ -77,7 +80,10 @@ class GanforgeServer:
     def __serve_build_asgi_app__(self) -> FastAPI:
         """Serve calls this after `__init__`: the replica's HTTP app, with its own settings."""
         return build_http_app(
-            self, max_body_bytes=self.args.max_upload_bytes, retry_after_s=self.args.retry_after_s
+            self,
+            max_body_bytes=self.args.max_upload_bytes,
+            retry_after_s=self.args.retry_after_s,
+            api_token=self._api_token,
         )
 
     def _model_label(self, name: str) -> str:
@@ -125,14 +131,16 @@ class GanforgeServer:
                 images = self.pool.generate(name, z, labels)
             except torch.OutOfMemoryError as e:
                 # Transient by nature: too much at once. The client retries after Retry-After.
-                err = ApiError(503, f"out of memory while generating {len(z)} images: {e}")
+                log.warning("model %s: out of memory on a batch of %d images: %s", name, len(z), e)
+                err = ApiError(503, f"out of memory while generating {len(z)} images")
                 for i in idx:
                     out[i] = err
                 continue
             except Exception as e:
                 log.exception("model %s failed on a batch of %d images", name, len(z))
                 self._last_error = f"{name}: {type(e).__name__}: {e}"
-                err = ApiError(500, f"model {name!r} failed on this batch: {type(e).__name__}: {e}")
+                # The exception's text stays in the log: it can name files and internals.
+                err = ApiError(500, f"model {name!r} failed on this batch (see the server log)")
                 for i in idx:
                     out[i] = err
                 continue
@@ -172,11 +180,21 @@ class GanforgeServer:
         for idx, count in Counter(labels).items():
             self.metrics.images.inc(count, tags={"model": model, "class": names[idx]})
 
+    def _decode_and_score(
+        self, served: ServedModel, uploads: list[tuple[bytes, str | None]], label: str | None
+    ) -> tuple[list[tuple[torch.Tensor, bool]], list[dict[str, Any]]]:
+        """Blocking: decode (uploads, filenames) to the model's shape, then score them."""
+        m = served.loaded.config.model
+        decoded = [codecs.decode_upload(d, n, m.resolution, m.channels) for d, n in uploads]
+        x = torch.stack([d[0] for d in decoded])
+        return decoded, score_images(self.pool, served, x, label)
+
     async def score(
         self, model: str, files: list[UploadFile], label: str | None, state: dict[str, Any]
     ) -> ScoreResponse:
-        """`/v1/score`: decode the uploads to the model's resolution and score them off the
-        event loop; names the model in `state`."""
+        """`/v1/score`: decode the uploads to the model's resolution and score them in a worker
+        thread, so that decoding large uploads never stalls the replica's event loop (other
+        requests, /healthz); names the model in `state`."""
         state["model"] = self._model_label(model)
         served = self.pool.get(model)
         if len(files) > self.args.max_images_per_request:
@@ -185,13 +203,8 @@ class GanforgeServer:
                 f"{len(files)} files uploaded; the limit is "
                 f"{self.args.max_images_per_request} per request",
             )
-        m = served.loaded.config.model
-        decoded = [
-            codecs.decode_upload(await f.read(), f.filename, m.resolution, m.channels)
-            for f in files
-        ]
-        x = torch.stack([d[0] for d in decoded])
-        scores = await asyncio.to_thread(score_images, self.pool, served, x, label)
+        uploads = [(await f.read(), f.filename) for f in files]
+        decoded, scores = await asyncio.to_thread(self._decode_and_score, served, uploads, label)
         return ScoreResponse(
             model=model,
             score_kind=get_variant(served.loaded.config.model.variant).loss.score_kind,

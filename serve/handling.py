@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse, Response
 
 from ganforge.serve import codecs
 from ganforge.serve.model_pool import GenerationPlan, ModelPool, ServedModel
-from ganforge.serve.schemas import ApiError, GenerateRequest
+from ganforge.serve.schemas import ApiError, GenerateRequest, ascii_int
 
 SCORE_CAVEAT = (
     "A discriminator/critic score is relative: it says how much this model's critic, trained "
@@ -68,12 +68,12 @@ def score_images(
 ) -> list[dict[str, Any]]:
     """Critic scores of images x [N, C, H, W] in [-1, 1], one dict per image: `score`, and for a
     conditional model the class scored (`label`, a name or index; None: every class, the best
-    one reported with `class_scores` of all)."""
+    one reported with `class_scores` of all; a label in ASCII digits is an index)."""
     if not served.num_classes:
         return [{"score": float(s)} for s in pool.score(served.name, x, None)]
     if label is not None:
-        key: int | str = int(label) if label.strip().isdigit() else label
-        idx = served.class_index(key)
+        index = ascii_int(label.strip())  # digits are an index, as in a GET query
+        idx = served.class_index(label if index is None else index)
         labels = torch.full((len(x),), idx, dtype=torch.long)
         return [{"score": float(s), "label": idx} for s in pool.score(served.name, x, labels)]
     k = served.num_classes

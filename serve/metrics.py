@@ -37,6 +37,26 @@ class BufferedCounter:
             self.counter.inc(value, tags=dict(key))
 
 
+class StickyGauge:
+    """A Ray Serve Gauge whose values are recorded again on every `flush`.
+
+    Ray's metrics agent drops a gauge series that its process has not reported for two export
+    intervals: a value set once (a model's load time) left the exported metrics about half a
+    minute after the replica started (seen with Ray 2.60)."""
+
+    def __init__(self, gauge: Any) -> None:
+        self.gauge = gauge
+        self.values: dict[tuple[tuple[str, str], ...], float] = {}
+
+    def set(self, value: float, tags: dict[str, str] | None = None) -> None:
+        self.values[tuple(sorted((tags or {}).items()))] = value
+        self.gauge.set(value, tags=tags)
+
+    def flush(self) -> None:
+        for key, value in self.values.items():
+            self.gauge.set(value, tags=dict(key))
+
+
 class ServeMetrics:
     """The app's metrics; one instance per replica process (see `get_metrics`)."""
 
@@ -75,10 +95,12 @@ class ServeMetrics:
                 tag_keys=("model", "class"),
             )
         )
-        self.load_time = Gauge(
-            "ganforge_serve_model_load_seconds",
-            "Seconds to load, validate and warm up a model in this replica.",
-            tag_keys=("model",),
+        self.load_time = StickyGauge(
+            Gauge(
+                "ganforge_serve_model_load_seconds",
+                "Seconds to load, validate and warm up a model in this replica.",
+                tag_keys=("model",),
+            )
         )
         self.queue_depth = Gauge(
             "ganforge_serve_queue_depth",
@@ -86,9 +108,11 @@ class ServeMetrics:
         )
 
     def flush(self) -> None:
-        """Record the summed counter increments (called periodically and on shutdown)."""
+        """Record the summed counter increments and the set-once gauges again (called
+        periodically and on shutdown)."""
         self.requests.flush()
         self.images.flush()
+        self.load_time.flush()
 
 
 @lru_cache(maxsize=1)

@@ -24,6 +24,8 @@ log = logging.getLogger("ganforge.serve")
 # request costs ~40 us of a replica's Python on 2 CPU cores (py-spy). Every EXPORT_PERIOD_S the
 # gauge is set and the counters are flushed.
 EXPORT_PERIOD_S = 0.5
+# The whole answer to an unexpected exception: its text stays in the log.
+INTERNAL_ERROR = "internal error (see the server log)"
 ROUTES = {"/", "/healthz", "/v1/models", "/v1/generate", "/v1/score", "/docs", "/openapi.json"}
 
 
@@ -67,9 +69,16 @@ def limit_body(receive, limit: int):
     return limited
 
 
-async def _send_json(send, status: int, detail: str) -> None:
+async def send_json(
+    send, status: int, detail: str, headers: list[tuple[bytes, bytes]] | None = None
+) -> None:
+    """Answer `{"detail": detail}` with `status` (and any extra `headers`) in plain ASGI."""
     body = json.dumps({"detail": detail}).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        *(headers or ()),
+    ]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
@@ -118,18 +127,19 @@ class RequestMetricsMiddleware:
         try:
             refusal, limit = self._check_size(scope)
             if refusal:
-                await _send_json(send_wrapper, *refusal)
+                await send_json(send_wrapper, *refusal)
             else:
                 if limit is not None:
                     receive = limit_body(receive, limit)
                 await self.app(scope, receive, send_wrapper)
         except BodyTooLarge as e:  # raised outside FastAPI's body parsing
             if not started:
-                await _send_json(send_wrapper, e.status_code, e.detail)
-        except Exception as e:  # a bug must cost one request, never the replica
+                await send_json(send_wrapper, e.status_code, e.detail)
+        except Exception:  # a bug must cost one request, never the replica
+            # The exception's text stays in the log: it can name files and internals.
             log.exception("unhandled error on %s", route)
             if not started:
-                await _send_json(send_wrapper, 500, f"internal error: {type(e).__name__}: {e}")
+                await send_json(send_wrapper, 500, INTERNAL_ERROR)
         finally:
             self.in_flight -= 1
             model = state.get("model", "-")

@@ -41,6 +41,22 @@ def find_quality(loaded: LoadedModel) -> dict[str, Any] | None:
     return q if isinstance(q, dict) else None
 
 
+def _public(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _public(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_public(v) for v in value]
+    if isinstance(value, str) and ("/" in value or "\\" in value):
+        return value.rstrip("/\\").replace("\\", "/").rsplit("/", 1)[-1]
+    return value
+
+
+def public_quality(quality: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A quality report as `/v1/models` shows it: a string that looks like a path or URI (the
+    report records e.g. the feature extractor's weights file) becomes its last part."""
+    return None if quality is None else _public(quality)
+
+
 @dataclass
 class ServedModel:
     """One loaded checkpoint plus what the API reports about it."""
@@ -75,9 +91,9 @@ class ServedModel:
             z_dim=m.z_dim,
             step=int(self.loaded.meta.get("step", 0)),
             images_seen=int(self.loaded.meta.get("images_seen", 0)),
-            checkpoint=str(self.loaded.path),
+            checkpoint=self.loaded.path.name,  # paths and URIs stay inside the server
             load_time_s=round(self.load_time_s, 4),
-            quality=find_quality(self.loaded),
+            quality=public_quality(find_quality(self.loaded)),
         )
 
     def class_index(self, label: int | str) -> int:

@@ -8,6 +8,7 @@ process never see each other's settings.
 """
 
 # No `from __future__ import annotations`: FastAPI must see real types on the route functions.
+import logging
 from collections.abc import Iterable
 from functools import partial
 from pathlib import Path
@@ -18,9 +19,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import ValidationError
 
+from ganforge.serve.auth import OPEN_PATHS, BearerAuth
 from ganforge.serve.fast_path import FastPath
 from ganforge.serve.handling import api_error_response
-from ganforge.serve.middleware import RequestMetricsMiddleware
+from ganforge.serve.middleware import INTERNAL_ERROR, RequestMetricsMiddleware
 from ganforge.serve.schemas import (
     ApiError,
     GenerateRequest,
@@ -31,6 +33,7 @@ from ganforge.serve.schemas import (
 )
 
 STATIC = Path(__file__).parent / "static"
+log = logging.getLogger("ganforge.serve")
 
 _GENERATE_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {
@@ -95,9 +98,35 @@ async def _invalid_request(request: Request, exc: RequestValidationError) -> JSO
     return JSONResponse({"detail": format_errors(errors)}, status_code=422)
 
 
-def build_http_app(server: Handlers, *, max_body_bytes: int, retry_after_s: float) -> FastAPI:
+async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
+    return JSONResponse({"detail": INTERNAL_ERROR}, status_code=500)
+
+
+def _document_bearer_auth(app: FastAPI) -> None:
+    """Declare the bearer token in the OpenAPI schema (all but OPEN_PATHS), so that /docs shows
+    an "Authorize" button and its "Try it out" requests send the token."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = build()  # FastAPI keeps it in app.openapi_schema
+            schemes = schema.setdefault("components", {}).setdefault("securitySchemes", {})
+            schemes["bearer"] = {"type": "http", "scheme": "bearer"}
+            schema["security"] = [{"bearer": []}]
+            for path in OPEN_PATHS:
+                for operation in schema["paths"].get(path, {}).values():
+                    operation["security"] = []
+        return app.openapi_schema
+
+    app.openapi = openapi
+
+
+def build_http_app(
+    server: Handlers, *, max_body_bytes: int, retry_after_s: float, api_token: str | None = None
+) -> FastAPI:
     """The FastAPI app of one replica: its routes call `server`; request bodies are held to
-    `max_body_bytes`; 503 answers carry `Retry-After: retry_after_s` (rounded up)."""
+    `max_body_bytes`; 503 answers carry `Retry-After: retry_after_s` (rounded up); with an
+    `api_token`, requests need `Authorization: Bearer <api_token>` (serve.auth)."""
     app = FastAPI(
         title="ganforge",
         description="Generate images with trained GANs and score images with their critics.",
@@ -109,8 +138,11 @@ def build_http_app(server: Handlers, *, max_body_bytes: int, retry_after_s: floa
         return on_error(exc)
 
     app.add_exception_handler(ApiError, api_error)
+    # A bug in a route: a JSON 500 without the exception's text (it can name files and
+    # internals); Starlette re-raises it afterwards, and the metrics middleware logs it.
+    app.add_exception_handler(Exception, _internal_error)
     app.add_exception_handler(RequestValidationError, _invalid_request)
-    # Added first = innermost: metrics and the body limit wrap the fast path too.
+    # Added first = innermost: authentication, metrics and the body limit wrap the fast path too.
     app.add_middleware(
         FastPath,
         path="/v1/generate",
@@ -120,6 +152,9 @@ def build_http_app(server: Handlers, *, max_body_bytes: int, retry_after_s: floa
         on_error=on_error,
         from_query=GenerateRequest.from_query,
     )
+    if api_token is not None:
+        app.add_middleware(BearerAuth, token=api_token)  # inside the metrics: 401s are counted
+        _document_bearer_auth(app)
     app.add_middleware(RequestMetricsMiddleware, max_body_bytes=max_body_bytes)
 
     @app.get("/", include_in_schema=False)
@@ -132,7 +167,10 @@ def build_http_app(server: Handlers, *, max_body_bytes: int, retry_after_s: floa
         try:
             server.check_health()
         except RuntimeError as e:
-            raise ApiError(503, f"unhealthy: {e}") from None
+            # What failed stays in the log: exception texts can name files and internals.
+            log.warning("unhealthy: %s", e)
+            detail = "unhealthy: a served model fails its probe (see the server log)"
+            raise ApiError(503, detail) from None
         return {"status": "ok", "models": server.model_names()}
 
     @app.get("/v1/models", response_model=ModelsResponse)

@@ -13,6 +13,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    StrictFloat,
     StrictInt,
     ValidationError,
     field_validator,
@@ -97,6 +98,11 @@ class AppArgs(_Strict):
     """Retry-After seconds sent with overload 503s."""
     validate_on_build: bool = True
     """Load every checkpoint once in `build_app` so a bad one fails before replicas start."""
+    api_token_file: str | None = None
+    """File holding a bearer token (surrounding whitespace stripped; an empty file is an error).
+    When set, or when the replica's environment has GANFORGE_API_TOKEN, every route but `/`,
+    `/healthz`, `/docs` and `/openapi.json` needs `Authorization: Bearer <token>`. Read when a
+    replica starts (and by `build_app` when `validate_on_build`)."""
 
     @field_validator("models")
     @classmethod
@@ -150,7 +156,7 @@ class GenerateRequest(_Strict):
     classes from the seed."""
     seed: StrictInt | None = Field(None, ge=0, le=2**63 - 1)
     """Same seed, same model, same request -> same images. Omitted: a random seed (returned)."""
-    truncation: float | None = Field(None, gt=0, le=10)
+    truncation: StrictFloat | None = Field(None, gt=0, le=10)
     """Truncation trick: latents drawn from a normal truncated to [-t, t] (lower t = less variety,
     more typical images)."""
     format: Literal["png", "grid", "npy"] = "png"
@@ -168,16 +174,17 @@ class GenerateRequest(_Strict):
     def from_query(cls, items: Iterable[tuple[str, str]]) -> GenerateRequest:
         """The request of `GET /v1/generate?model=...`: the body's fields as query parameters.
         `labels` may repeat or hold a comma-separated list; a label, `class` or number written
-        in digits is an integer. Raises ValidationError like `model_validate` (a value that is
-        not a number stays a string, which the strict fields refuse with their own message)."""
+        in ASCII digits is an integer (so a label in digits is a class index, never a name).
+        Raises ValidationError like `model_validate` (a value that is not a number stays a
+        string, which the strict fields refuse with their own message)."""
         fields: dict[str, Any] = {}
         for key, value in items:
             if key == "labels":
                 fields.setdefault("labels", []).extend(
-                    _query_label(v) for v in value.split(",") if v != ""
+                    label_from_text(v) for v in value.split(",") if v != ""
                 )
             elif key == "class":
-                fields[key] = _query_label(value)
+                fields[key] = label_from_text(value)
             elif key in _QUERY_NUMBERS:
                 fields[key] = _query_number(value, _QUERY_NUMBERS[key])
             else:  # model, format, and unknown keys (refused by extra="forbid")
@@ -189,17 +196,40 @@ class GenerateRequest(_Strict):
 _QUERY_NUMBERS: dict[str, type] = {"count": int, "seed": int, "nrow": int, "truncation": float}
 
 
+def ascii_int(value: str) -> int | None:
+    """`value` as an integer when it is ASCII digits with an optional leading '-', else None.
+
+    Not `str.isdigit` + `int`: "²".isdigit() is true and int("²") raises; and `int` alone takes
+    other scripts' digits ("١٢"), '_' separators and surrounding spaces."""
+    digits = value[1:] if value.startswith("-") else value
+    if digits.isascii() and digits.isdigit():
+        try:
+            return int(value)
+        except ValueError:  # more digits than int() converts (sys.get_int_max_str_digits)
+            return None
+    return None
+
+
 def _query_number(value: str, kind: type) -> int | float | str:
+    if kind is int:
+        n = ascii_int(value)
+        return value if n is None else n
+    # As strict as for integers: float() also reads other scripts' digits, '_' separators and
+    # surrounding spaces.
+    if not value.isascii() or "_" in value or value != value.strip():
+        return value
     try:
-        return kind(value)
+        return float(value)
     except ValueError:
         return value
 
 
-def _query_label(value: str) -> int | str:
-    # Negative too, so `class=-1` gets the same "out of range" answer as in JSON.
-    digits = value[1:] if value.startswith("-") else value
-    return int(value) if digits.isascii() and digits.isdigit() else value
+def label_from_text(value: str) -> int | str:
+    """A class given as text (a query value, a form field): ASCII digits are a class index
+    (negative too, so `-1` gets the same "out of range" answer as in JSON), anything else a
+    class name."""
+    n = ascii_int(value)
+    return value if n is None else n
 
 
 class GenerateResponse(BaseModel):
@@ -228,10 +258,12 @@ class ModelInfo(BaseModel):
     step: int
     images_seen: int
     checkpoint: str
+    """The checkpoint's name (its folder's, e.g. `step-001500`); never a path or URI."""
     load_time_s: float
     quality: dict[str, Any] | None = None
     """Figures of the latest evaluation report (`<run_dir>/quality/metrics.json` or the
-    checkpoint's `quality` meta key); null when the model was never evaluated."""
+    checkpoint's `quality` meta key), a path or URI in it shortened to its last part; null when
+    the model was never evaluated."""
 
 
 class ModelsResponse(BaseModel):

@@ -88,3 +88,87 @@ def poison_generators() -> None:
         return forward(self, z, labels)
 
     Generator.forward = poisoned
+
+
+def chromium_dom(url: str, budget_ms: int = 15000) -> tuple[str, str]:
+    """(DOM, stderr) of `url` after headless Chromium ran its scripts for `budget_ms` of virtual
+    time; skips the test when no Chromium is installed."""
+    import shutil
+    import subprocess
+
+    import pytest
+
+    names = ("chromium", "chromium-browser", "google-chrome")
+    browser = next((shutil.which(b) for b in names if shutil.which(b)), None)
+    if browser is None:
+        pytest.skip(
+            "no chromium binary on this machine (apt: `chromium`); the page is still "
+            "served and its API calls are tested"
+        )
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", f"--virtual-time-budget={budget_ms}"]
+    out = subprocess.run(
+        [browser, *flags, "--dump-dom", url], capture_output=True, text=True, timeout=120
+    )
+    return out.stdout, out.stderr
+
+
+def _no_warning(queue) -> None:
+    pass
+
+
+class InProcessApp:
+    """The real replica (GanforgeServer's own class, without Ray Serve's actor wrapper) and its
+    HTTP app, called in process through an ASGI client: no Ray, no sockets.
+
+    `@serve.batch` queues bind to the event loop of their first call, so every request runs on
+    one loop, in a thread of its own. `request(...)` is synchronous (for hypothesis tests)."""
+
+    def __init__(self, args: dict):
+        import asyncio
+        import threading
+
+        import httpx
+        from ray import serve
+        from ray.serve import batching
+
+        from ganforge.serve.deployment import GanforgeServer
+
+        wrapper = GanforgeServer.func_or_class  # Serve's ingress subclass, with an async __init__
+        cls = next(k for k in wrapper.__mro__[1:] if k.__qualname__ == "GanforgeServer")
+        # `@serve.batch` keeps one queue per decorated function, bound to the event loop of its
+        # first call: decorate the method afresh for each app, so that apps never share a queue
+        # and the deployment class itself keeps none (a queue cannot be pickled for Ray).
+        run_batch = serve.batch(cls._run_batch.__wrapped__)
+        own = type("InProcessGanforgeServer", (cls,), {"_run_batch": run_batch})
+        # The batch queue looks up the replica's max_ongoing_requests only to log a warning,
+        # and fails outside a replica: skip that warning.
+        batching._BatchQueue._warn_if_max_batch_size_exceeds_max_ongoing_requests = _no_warning
+        self.replica = own({"validate_on_build": False, **args})
+        self.app = self.replica.__serve_build_asgi_app__()
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self._thread.start()
+        transport = httpx.ASGITransport(app=self.app, raise_app_exceptions=False)
+        self.client = httpx.AsyncClient(transport=transport, base_url="http://in-process")
+
+    def request(self, method: str, url: str, timeout: float = 60, **kwargs):
+        import asyncio
+
+        call = self.client.request(method, url, **kwargs)
+        return asyncio.run_coroutine_threadsafe(call, self.loop).result(timeout)
+
+    def close(self) -> None:
+        import asyncio
+
+        async def shutdown() -> None:
+            await self.client.aclose()
+            # The metrics sampler and the batch loop run until cancelled.
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+        asyncio.run_coroutine_threadsafe(shutdown(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(10)
+        self.loop.close()

@@ -15,8 +15,6 @@ import asyncio
 import base64
 import io
 import json
-import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -33,6 +31,7 @@ from serve_helpers import (  # noqa: E402
     CLASSES,
     FAIL_SEED,
     OOM_SEED,
+    chromium_dom,
     free_port,
     make_checkpoint,
     poison_generators,
@@ -65,6 +64,7 @@ def server(runs):
     cloudpickle.register_pickle_by_value(serve_helpers)  # the workers cannot import it by name
     # Logical CPUs: main (1) + tight (0.5) + a training worker (1) + the trained app (0.5).
     ray.init(
+        address="local",  # a cluster of its own, even when another one runs on this machine
         num_cpus=4,
         include_dashboard=False,
         _metrics_export_port=metrics_port,
@@ -457,9 +457,8 @@ def test_a_failing_batch_costs_only_its_requests(server, client):
     # failing model's requests fail.
     bad, *good = asyncio.run(fire())
     assert bad.status_code == 500, bad.text
-    assert bad.json()["detail"] == (
-        f"model 'dc' failed on this batch: RuntimeError: poisoned batch (seed {FAIL_SEED})"
-    )
+    # The exception's text stays in the replica's log (tests/test_serve_hostile.py).
+    assert bad.json()["detail"] == "model 'dc' failed on this batch (see the server log)"
     assert [r.status_code for r in good] == [200] * 4
     # The replica keeps serving that model, and stays healthy: the models pass the probe.
     assert gen(client, model="dc", count=2, seed=1).status_code == 200
@@ -627,32 +626,6 @@ def test_serves_every_variant_trained_by_ganforge_train(server, tmp_path_factory
 
 @pytest.mark.slow
 def test_index_page_renders_a_grid_in_chromium(server):
-    browser = next(
-        (
-            shutil.which(b)
-            for b in ("chromium", "chromium-browser", "google-chrome")
-            if shutil.which(b)
-        ),
-        None,
-    )
-    if browser is None:
-        pytest.skip(
-            "no chromium binary on this machine (apt: `chromium`); the page is still "
-            "served and its API calls are tested above"
-        )
-    out = subprocess.run(
-        [
-            browser,
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--virtual-time-budget=15000",
-            "--dump-dom",
-            server["url"] + "/",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert 'data-loaded="yes"' in out.stdout, out.stderr[-2000:]
-    assert 'src="blob:' in out.stdout
+    dom, stderr = chromium_dom(server["url"] + "/")
+    assert 'data-loaded="yes"' in dom, stderr[-2000:]
+    assert 'src="blob:' in dom

@@ -158,6 +158,7 @@ def test_cli_defaults_are_the_app_defaults():
     field = {"replicas": "num_replicas", "batch_wait_s": "batch_wait_timeout_s"}
     names = ["replicas", "gpu", "max_batch_size", "batch_wait_s", "max_images_per_request"]
     names += ["max_upload_bytes", "max_ongoing_requests", "max_queued_requests", "num_cpus"]
+    names += ["api_token_file"]
     for name in names:
         assert cli[name] == AppArgs.model_fields[field.get(name, name)].default, name
     # What --help prints for each option: the field's default and its lower bound.
