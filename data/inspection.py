@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from ganforge.data.codec import IMAGE_EXTS, decode_image
-from ganforge.data.manifest import sha256_file
+from ganforge.storage import sha256_file
 
 
 def verify_shards(directory: Path, manifest: dict[str, Any]) -> list[str]:

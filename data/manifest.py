@@ -14,7 +14,6 @@ Schema (format "ganforge-shards/1"):
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -23,14 +22,6 @@ from ganforge.data import DataError
 
 FORMAT = "ganforge-shards/1"
 MANIFEST_NAME = "dataset.json"
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def load_manifest(directory: Path) -> dict[str, Any]:

@@ -26,9 +26,10 @@ from typing import Any
 
 from ganforge.data import DataError
 from ganforge.data.codec import ENCODINGS, Encoded, ImageProblem, encode_image, probe_size
-from ganforge.data.manifest import FORMAT, sha256_file, write_manifest
+from ganforge.data.manifest import FORMAT, write_manifest
 from ganforge.data.names import name_problem
 from ganforge.data.sources import Dataset, Item, default_channels, read_source
+from ganforge.storage import sha256_file
 
 TAR_MTIME = 0  # fixed: same input, same bytes (an int: a float adds a PAX header)
 TAR_OWNER = "ganforge"

@@ -12,7 +12,6 @@ A checkpoint directory holds:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -24,7 +23,7 @@ import torch
 
 from ganforge.config import GanforgeConfig
 from ganforge.rundir import CheckpointDir, RunDir
-from ganforge.storage import StorageError, is_uri
+from ganforge.storage import StorageError, is_uri, sha256_file
 
 FORMAT = "ganforge-checkpoint/1"
 log = logging.getLogger("ganforge.checkpoint")
@@ -32,14 +31,6 @@ log = logging.getLogger("ganforge.checkpoint")
 
 class CheckpointError(ValueError):
     """A checkpoint is missing, incomplete, corrupt or does not match its config."""
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def hash_tree(root: Path) -> dict[str, str]:

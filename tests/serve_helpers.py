@@ -4,8 +4,10 @@ chosen seeds, to test how the app survives a failing batch."""
 from __future__ import annotations
 
 import socket
+import time
 from pathlib import Path
 
+import httpx
 import torch
 
 from ganforge.checkpoint import write_weights_checkpoint
@@ -172,3 +174,16 @@ class InProcessApp:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(10)
         self.loop.close()
+
+
+def wait_ready(url: str, timeout: float = 60) -> None:
+    """Poll `url` until it answers 200 (a Serve app finishing its start); TimeoutError after."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            if httpx.get(url, timeout=5).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"{url} not ready after {timeout}s")

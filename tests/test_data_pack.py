@@ -12,9 +12,10 @@ from typer.testing import CliRunner
 from ganforge.cli import app
 from ganforge.data.codec import decode_image
 from ganforge.data.inspection import iter_samples
-from ganforge.data.manifest import load_manifest, sha256_file
+from ganforge.data.manifest import load_manifest
 from ganforge.data.pack import PackOptions, pack
 from ganforge.data.sources import DataError
+from ganforge.storage import sha256_file
 from tests.test_data_fixtures import (
     CLASSES,
     add_bad_inputs,

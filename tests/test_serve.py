@@ -90,24 +90,12 @@ def server(runs):
         }
         serve.run(build_app(tight), name="tight", route_prefix="/tight", blocking=False)
         url = f"http://127.0.0.1:{http_port}"
-        _wait_ready(url + "/healthz")
-        _wait_ready(url + "/tight/healthz")
+        serve_helpers.wait_ready(url + "/healthz")
+        serve_helpers.wait_ready(url + "/tight/healthz")
         yield {"url": url, "metrics": f"http://127.0.0.1:{metrics_port}/metrics"}
     finally:
         serve.shutdown()
         ray.shutdown()
-
-
-def _wait_ready(url: str, timeout: float = 60) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            if httpx.get(url, timeout=5).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise TimeoutError(f"{url} not ready after {timeout}s")
 
 
 @pytest.fixture(scope="module")
@@ -593,7 +581,7 @@ def test_serves_every_variant_trained_by_ganforge_train(server, tmp_path_factory
         blocking=False,
     )
     try:
-        _wait_ready(server["url"] + "/trained/healthz")
+        serve_helpers.wait_ready(server["url"] + "/trained/healthz")
         with httpx.Client(base_url=server["url"] + "/trained", timeout=60) as c:
             models = {m["name"]: m for m in c.get("/v1/models").json()["models"]}
             assert set(models) == set(VARIANTS)

@@ -724,7 +724,7 @@ def server(runs, tmp_path_factory):
         )
         url = f"http://127.0.0.1:{http_port}"
         for path in ("/healthz", "/secure/healthz"):
-            _wait_ready(url + path)
+            serve_helpers.wait_ready(url + path)
         yield {
             "url": url,
             "metrics": f"http://127.0.0.1:{metrics_port}/metrics",
@@ -732,18 +732,6 @@ def server(runs, tmp_path_factory):
     finally:
         serve.shutdown()
         ray.shutdown()
-
-
-def _wait_ready(url: str, timeout: float = 60) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            if httpx.get(url, timeout=5).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise TimeoutError(f"{url} not ready after {timeout}s")
 
 
 def upload_under_load(url: str, clients: int = 3, rounds: int = 6, files: int = 12):
