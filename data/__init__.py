@@ -1,6 +1,7 @@
 """ganforge.data: image datasets as WebDataset shards, from packing to the training loader.
 
-    sources, codec, manifest   what goes in, how one image is stored, `dataset.json`
+    dataset, sources, arrays   what a source becomes; folders and archives; CIFAR, MNIST, npz
+    codec, manifest            how one image is stored, `dataset.json`
     names                      class and split names checked before they become paths
     pack, subset, inspection   `ganforge data pack | subset | inspect`
     resolve, loader, stages    `data.urls` -> shard URLs -> one rank's streaming loader

@@ -23,6 +23,7 @@ from typer.testing import CliRunner
 
 from ganforge.cli import app
 from ganforge.data import DataError
+from ganforge.data import arrays as A
 from ganforge.data import sources as S
 from ganforge.data.pack import PackOptions, pack
 from tests.test_data_fixtures import _idx, cifar_pickles, image_tree, mnist_idx, tar_of
@@ -128,7 +129,7 @@ def test_lying_idx_header_is_an_error_line(tmp_path, mangle, reason):
 def test_gzip_bomb_is_refused_without_inflating_it(tmp_path, monkeypatch):
     """The cap is lowered to 1 MiB so that the bomb stays small in the test; the real cap is
     MAX_DECOMPRESSED_BYTES."""
-    monkeypatch.setattr(S, "MAX_DECOMPRESSED_BYTES", 1 << 20)
+    monkeypatch.setattr(A, "MAX_DECOMPRESSED_BYTES", 1 << 20)
     src = tmp_path / "mnist"
     mnist_idx(src, n=4)
     header = _idx(np.zeros((1, 1, 1), np.uint8), 8)[:16]
@@ -196,7 +197,7 @@ def test_npz_reads_only_its_three_arrays_and_caps_them(tmp_path, monkeypatch):
     np.savez(buf, images=images, labels=np.array([0, 1, 0, 1]), junk=np.zeros(10_000))
     (tmp_path / "d.npz").write_bytes(buf.getvalue())
     assert pack(tmp_path / "d.npz", tmp_path / "o1", QUIET)["splits"]["train"]["num_samples"] == 4
-    monkeypatch.setattr(S, "MAX_ARRAY_BYTES", 100)
+    monkeypatch.setattr(A, "MAX_ARRAY_BYTES", 100)
     with pytest.raises(DataError, match="array 'images' is 896 bytes, above the 100 bytes cap"):
         S.read_source(tmp_path / "d.npz")
 
@@ -240,14 +241,14 @@ def test_npz_label_outside_the_classes_is_an_error(tmp_path, labels, classes, re
 def test_any_reader_s_label_past_the_classes_is_caught_once_more(tmp_path, monkeypatch):
     """read_source checks every reader's result: a reader that lets a label through (here the
     MNIST one, made to drop its last class) still ends in DataError, never in a shard."""
-    real = S._read_mnist
+    real = S.read_mnist
 
     def fewer_classes(files, display):
         ds = real(files, display)
         ds.classes = ds.classes[:-1]
         return ds
 
-    monkeypatch.setattr(S, "_read_mnist", fewer_classes)
+    monkeypatch.setattr(S, "read_mnist", fewer_classes)
     mnist_idx(tmp_path / "mnist", n=20)
     with pytest.raises(DataError, match=r"label 9 outside 0\.\.8 \(9 classes\)"):
         S.read_source(tmp_path / "mnist")
@@ -307,7 +308,8 @@ def test_subset_refuses_an_escaping_name_even_when_a_reader_let_it_through(
     tmp_path, monkeypatch, out_name
 ):
     """Belt and braces: with the readers' check switched off, the writer refuses on its own."""
-    monkeypatch.setattr(S, "check_class_names", lambda names, where: names)
+    for module in (S, A):  # read_source's check and the array readers' own
+        monkeypatch.setattr(module, "check_class_names", lambda names, where: names)
     src = _npz(tmp_path / "d.npz", [0, 1, 1], ["ok", "../../evil"])
     before = _outside(tmp_path, tmp_path / out_name)
     res = runner.invoke(

@@ -3,7 +3,7 @@
 Checkpoints, rank files and datasets come from shared folders, buckets and the internet; a pickle
 there runs code. Allowed: `torch.load(..., weights_only=True)` (written out literally),
 `np.load(..., allow_pickle=False)`, and the one restricted unpickler for CIFAR batches
-(`data/sources.py`, a `pickle.Unpickler` subclass with an allow-list `find_class`).
+(`data/arrays.py`, a `pickle.Unpickler` subclass with an allow-list `find_class`).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE_DIRS = ("ganforge", "data", "models", "kernels", "cluster", "serve", "quality", "bench")
-RESTRICTED_UNPICKLERS = {("data/sources.py", "_CifarUnpickler")}
+RESTRICTED_UNPICKLERS = {("data/arrays.py", "_CifarUnpickler")}
 
 
 def _keyword(call: ast.Call, name: str):
