@@ -292,8 +292,10 @@ def test_serve_ctrl_c_twice_stops_without_draining_and_leaves_no_process(tmp_pat
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "sig, group, status",
-    [(signal.SIGTERM, False, 143), (signal.SIGINT, True, 130)],
-    ids=["sigterm", "ctrl-c"],
+    # Ctrl-C (SIGINT to the group, 130) takes the same path: a second full training start cost
+    # over a minute of CI's 25; serve's Ctrl-C test and test_signals_raise_stop_* cover SIGINT.
+    [(signal.SIGTERM, False, 143)],
+    ids=["sigterm"],
 )
 def test_train_cancels_on_a_signal_and_leaves_no_process(tmp_path, sig, group, status):
     """`ganforge train` on the embedded demo data, tiny: stopped after its first checkpoint, it
