@@ -1,6 +1,8 @@
 # ganforge developer entry points. Everything runs inside a virtual environment ($(VENV)).
-#   make demo   - set up, then train the demo GAN on the embedded CIFAR-10 subset (CPU, minutes)
-#   make test   - set up, then lint (ruff, import contracts) and run the whole test suite
+#   make demo   - set up, then train the demo GAN on procedural shapes (CPU, minutes)
+#   make test   - set up, then lint (ruff, import contracts) and run the test suite (CI)
+#   make test-e2e - the e2e tier: the longest end-to-end scenarios, minutes each
+#   make gpu-check - everything only a GPU shows (kernels, speed, train-step MFU), one call
 # GPU machines: make install TORCH_INDEX=https://download.pytorch.org/whl/cu128
 VENV ?= .venv
 PYTHON ?= python3
@@ -9,7 +11,7 @@ TORCH_INDEX ?=
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.ganforge-installed
 
-.PHONY: install demo test lint format clean lock
+.PHONY: install demo test test-e2e lint format clean lock gpu-check gpu-wheels
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +38,12 @@ test: lint
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests (broken setup)" >&2; fi; \
 	exit $$rc
 
+# The e2e tier (@pytest.mark.e2e): scenarios of minutes each that CI's time budget leaves out.
+test-e2e: $(STAMP)
+	@$(BIN)/pytest -m e2e; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make test-e2e: pytest collected no tests (broken setup)" >&2; fi; \
+	exit $$rc
+
 format: $(STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
@@ -48,3 +56,21 @@ lock: $(STAMP)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache
+
+# GPU check (bench/gpu_check.py): needs only Python, torch and triton; no venv, no install.
+# It uses the venv's Python when there is one, else python3. Writes <= 8 JSON files to OUT.
+GPU_PYTHON ?= $(if $(wildcard $(BIN)/python),$(BIN)/python,$(PYTHON))
+GPU_WHEELS ?= build/gpu-wheels
+GPU_PY ?= 3.12
+OUT ?= bench/results/gpu-$(shell date -u +%Y-%m-%d)
+GPU_CHECK_ARGS ?=
+gpu-check:
+	$(GPU_PYTHON) -m bench.gpu_check --out $(OUT) --wheels $(GPU_WHEELS) $(GPU_CHECK_ARGS)
+
+# The wheels the check installs offline where pydantic/PyYAML are missing (3.6 MB for CPython
+# $(GPU_PY) on x86-64 Linux), at the versions constraints.txt pins. Run where there is network.
+GPU_WHEEL_PKGS := pydantic pydantic_core annotated-types typing-inspection typing_extensions PyYAML
+gpu-wheels:
+	$(GPU_PYTHON) -m pip download --only-binary=:all: --no-deps --python-version $(GPU_PY) \
+	  --platform manylinux2014_x86_64 -d $(GPU_WHEELS) \
+	  $$(for p in $(GPU_WHEEL_PKGS); do grep -i "^$$p==" constraints.txt; done)

@@ -1,5 +1,6 @@
 """Triton kernels vs PyTorch (cuDNN): transposed-conv forward / forward+backward on the DCGAN
-generator layer shapes, and the WGAN-GP critic step with and without the gradient penalty.
+generator layer shapes, the WGAN-GP critic step with and without the gradient penalty, and
+StyleGAN2's modulated convolution at CIFAR shapes (`bench/kernels_modconv.py`).
 
 Times come from `triton.testing.do_bench` (20th/50th/80th percentiles, ms); each row also gives
 the achieved TFLOP/s and GB/s (of the minimal traffic: every operand read once, every result
@@ -9,6 +10,7 @@ JSON with the device, versions, date and command. Needs a CUDA GPU; elsewhere it
 
     python bench/kernels.py                       # batches 64 and 256, fp32 and fp16
     python bench/kernels.py --batches 64 --dtypes fp32 bf16 --out bench/results/kernels-h100.json
+    python bench/kernels.py --only-modconv --batches 32 64   # StyleGAN2 modulated conv rows only
 """
 
 from __future__ import annotations
@@ -155,6 +157,14 @@ def main() -> None:
     ap.add_argument("--resolutions", type=int, nargs="+", default=[32, 64])
     ap.add_argument("--dtypes", nargs="+", default=["fp32", "fp16"], choices=sorted(DTYPES))
     ap.add_argument("--skip-critic", action="store_true", help="only the conv-transpose rows")
+    ap.add_argument(
+        "--modconv-resolutions",
+        type=int,
+        nargs="*",
+        default=[4, 8, 16, 32],
+        help="StyleGAN2 synthesis resolutions of the modulated-conv rows (none: skip them)",
+    )
+    ap.add_argument("--only-modconv", action="store_true", help="only the modulated-conv rows")
     ap.add_argument("--out", default=None, help="also write the summary JSON here")
     args = ap.parse_args()
 
@@ -165,9 +175,14 @@ def main() -> None:
         print(json.dumps({"skipped": "needs a CUDA GPU", **env}))
         return
     torch.backends.cudnn.benchmark = True  # the fairest cuDNN baseline: its best algorithm
-    results = bench_conv(args.resolutions, args.batches, args.dtypes)
-    if not args.skip_critic:
+    results = [] if args.only_modconv else bench_conv(args.resolutions, args.batches, args.dtypes)
+    if not (args.skip_critic or args.only_modconv):
         results += bench_critic(args.resolutions, args.batches)
+    if args.modconv_resolutions:
+        from bench.kernels_modconv import bench_modconv
+
+        res = args.modconv_resolutions
+        results += bench_modconv(res, args.batches, args.dtypes, _timed)
     text = json.dumps({**env, "args": vars(args), "results": results}, indent=1)
     print(text)
     if args.out:

@@ -30,6 +30,8 @@ from ganforge.checkpoint import (
 from ganforge.cluster.distributed import all_gather_object, broadcast_object
 from ganforge.cluster.engines import GANEngines
 from ganforge.cluster.safe_state import load_weights_only
+from ganforge.config import GanforgeConfig
+from ganforge.kernels import auto_choices
 from ganforge.rundir import CheckpointDir, RunDir
 
 log = logging.getLogger("ganforge.train")
@@ -56,8 +58,7 @@ def save_and_report(
         for part in all_gather_object(hash_tree(tmp)):
             files.update(part)
         if gan.rank == 0:
-            meta = checkpoint_meta(gan.cfg, step, images_seen, classes, world_size=gan.world)
-            write_marker(tmp, files, meta)
+            write_marker(tmp, files, marker_meta(gan.cfg, step, images_seen, classes, gan.world))
         ray.train.report(
             metrics,
             checkpoint=ray.train.Checkpoint.from_directory(str(tmp)),
@@ -66,6 +67,16 @@ def save_and_report(
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return time.perf_counter() - t0
+
+
+def marker_meta(
+    cfg: GanforgeConfig, step: int, images_seen: int, classes: list[str], world: int
+) -> dict:
+    """The marker's fields. The last checkpoint's marker is the run's summary, so it also lists
+    what `kernels: auto` chose on rank 0 so far (`ganforge.kernels.auto_choices`) and the torch
+    threads rank 0 trains on (called on its training thread, whose count the loop set)."""
+    meta = checkpoint_meta(cfg, step, images_seen, classes, world_size=world)
+    return meta | {"kernel_choices": auto_choices(), "torch_threads": torch.get_num_threads()}
 
 
 def find_resume_point(run: RunDir, rank: int) -> Path | None:

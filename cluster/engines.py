@@ -12,9 +12,7 @@ loss object and its regularisers. Nothing here names a variant, a loss kind or a
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -50,33 +48,20 @@ def _quiet_deepspeed() -> None:
     ds_logger.setLevel(logging.WARNING)
 
 
-# DeepSpeed JIT-builds a C++ op (shm_comm) the first time its CPU backend starts, guarded by a
-# torch FileBaton: a `lock` file that holds no PID. A process killed mid-build leaves it behind
-# and every later start waits on it forever, silently. A build takes 1-2 minutes; an older lock
-# is almost surely stale, so say where it is (deleting it could break a build in progress).
-STALE_BUILD_LOCK_S = 600
+def skip_shm_comm_build() -> None:
+    """Tell DeepSpeed that its CPU shared-memory all-reduce op (`deepspeed_shm_comm`) is not
+    available, so that setting up communication on CPU neither builds nor loads it.
 
+    Left alone, the first CPU start on a machine JIT-compiles it (1-2 minutes on 2 cores, under a
+    torch file lock that a killed build leaves behind, on which every later start then waits
+    forever). Only `inference_all_reduce` (AutoTP inference) uses it: training's collectives go
+    through torch.distributed (gloo), with or without it. DeepSpeed's `build_shm_op` consults this
+    table of compatible ops before building, and keeps the table in its module for edits like
+    this one. Measured: bench/results/first_start-cpu.json."""
+    import deepspeed.ops
+    from deepspeed.ops.op_builder.cpu import ShareMemCommBuilder
 
-def warn_stale_build_lock(op: str = "deepspeed_shm_comm") -> Path | None:
-    """Log a warning (and return the path) when `op`'s torch-extension build lock looks stale."""
-    try:
-        from torch.utils.cpp_extension import _get_build_directory  # private, best effort
-
-        lock = Path(_get_build_directory(op, verbose=False)) / "lock"
-        age = time.time() - lock.stat().st_mtime
-    except (ImportError, OSError, AttributeError):
-        return None
-    if age < STALE_BUILD_LOCK_S:
-        return None
-    log.warning(
-        "%s has existed for %.0f min: a build of DeepSpeed's %s op was probably killed, and this "
-        "worker will wait on it forever. If no other process is building it, delete %s",
-        lock,
-        age / 60,
-        op,
-        lock.parent,
-    )
-    return lock
+    deepspeed.ops.__compatible_ops__[ShareMemCommBuilder.NAME] = False
 
 
 def init_deepspeed_comm(gpu: bool) -> None:
@@ -84,7 +69,7 @@ def init_deepspeed_comm(gpu: bool) -> None:
     import deepspeed
 
     if not gpu:
-        warn_stale_build_lock()
+        skip_shm_comm_build()
     deepspeed.init_distributed(
         dist_backend="nccl" if gpu else "gloo", auto_mpi_discovery=False, dist_init_required=False
     )
@@ -107,7 +92,13 @@ class GANEngines:
         d = self.spec.build_discriminator(cfg.model)
         if cfg.train.sync_batchnorm and world_size > 1:
             g, d = convert_batchnorm(g, device), convert_batchnorm(d, device)
-        self.ema = GeneratorEMA(g, cfg.model.ema_decay)
+        self.ema = GeneratorEMA(
+            g,
+            cfg.model.ema_decay,
+            half_life_images=cfg.model.ema_kimg * 1000 if cfg.model.ema_kimg else None,
+            rampup=cfg.model.ema_rampup,
+            batch=cfg.train.micro_batch * world_size,  # images per generator step
+        )
         self.ema.module.to(device)
         opt_g = build_optimizer(g.parameters(), cfg.optim_g, cfg.train, world_size)
         opt_d = build_optimizer(d.parameters(), cfg.optim_d, cfg.train, world_size)

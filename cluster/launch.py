@@ -214,10 +214,12 @@ def run_training(
     resume: None = continue when the run dir has checkpoints, True = require one, False = refuse.
     """
     import ray
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
+    from ganforge.cluster import capacity
     from ganforge.cluster.loop import WorkerPlan, train_func
+    from ganforge.cluster.worker_cpus import local_node_cpus, resolve_worker_cpus
 
     prep = prepare_run(cfg, resume)
     cfg = prep.config
@@ -234,12 +236,18 @@ def run_training(
     if not ray.is_initialized():
         # The caller shuts it down: `ganforge train` with shutdown_ray(), others at exit.
         init_ray(logging_level="WARNING", log_to_driver=True)
-    resources = {"CPU": cfg.cluster.cpus_per_worker} | ({"GPU": 1} if cfg.cluster.gpu else {})
+    cpus = resolve_worker_cpus(
+        cfg.cluster.cpus_per_worker, cfg.cluster.num_workers, local_node_cpus()
+    )
+    # The workers get the number (their torch threads); config.yaml keeps what was asked.
+    worker_cfg = cfg.model_copy(deep=True)
+    worker_cfg.cluster.cpus_per_worker = cpus.per_worker
+    resources = {"CPU": cpus.per_worker} | ({"GPU": 1} if cfg.cluster.gpu else {})
     trainer = TorchTrainer(
         train_func,
         train_loop_config={
             "plan": WorkerPlan(
-                config=cfg,
+                config=worker_cfg,
                 urls=prep.urls,
                 classes=prep.classes,
                 run=prep.run.uri if prep.run.store else str(prep.run_dir),
@@ -255,13 +263,19 @@ def run_training(
         run_config=RunConfig(
             name=RunDir.CHECKPOINTS,
             storage_path=prep.storage_path,
-            failure_config=FailureConfig(max_failures=cfg.cluster.max_failures),
+            failure_config=capacity.failure_config(cfg.cluster),
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
         ),
     )
     if prep.resume_from is not None:
         print(f"[ganforge] resuming {prep.storage_path} from step {prep.start_step}", flush=True)
-    with ProgressTail(prep.run.metrics_path, cfg.train.max_steps, prep.start_step, show_progress):
+    print(
+        f"[ganforge] training {cfg.name} to step {cfg.train.max_steps}: "
+        f"{cpus.banner(cfg.cluster.num_workers, cfg.cluster.gpu)}",
+        flush=True,
+    )
+    tail = ProgressTail(prep.run.metrics_path, cfg.train.max_steps, prep.start_step, show_progress)
+    with tail, capacity.bounded_wait(cfg.cluster, resources, prep.run):
         _fit(trainer)
     return prep.run_dir
 

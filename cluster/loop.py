@@ -176,6 +176,26 @@ def _count_start(run: RunDir, launch_id: str) -> int:
     return n
 
 
+def _record_placement(run: RunDir, rank: int, launch_id: str, step: int, shards) -> None:
+    """Append where this rank (re)started: after a lost node, operators (and the node-failure
+    test) see which node took over each rank and that the shard slices still do not overlap."""
+    import json
+
+    import ray
+
+    record = {
+        "launch": launch_id,
+        "node": ray.get_runtime_context().get_node_id(),
+        "pid": os.getpid(),
+        "step": step,
+        "shards": shards,  # per loader worker; None: resampled data (every worker draws from all)
+    }
+    path = run.placement_log(rank)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
 def train_func(loop_cfg: dict[str, WorkerPlan]) -> None:
     """Ray Train entry point (runs on every rank); `loop_cfg["plan"]` is the driver's plan."""
     import ray.train
@@ -217,6 +237,7 @@ def train_func(loop_cfg: dict[str, WorkerPlan]) -> None:
         num_classes=len(plan.classes) or None,  # labels outside them are dropped or raise
     )
     loader = build_loader(plan.urls, cfg.data, opts)
+    _record_placement(run, rank, plan.launch_id, prog.step, loader.shards)
     logger = None
     if rank == 0:
         if run.store:  # the store's logs end at its newest checkpoint: continue from them

@@ -10,7 +10,8 @@ from typing import Any
 import torch
 
 from ganforge.cluster.noise import fixed_sample_noise
-from ganforge.images import save_grid
+from ganforge.images import array_to_png, make_grid
+from ganforge.kernels import auto_choices
 from ganforge.rundir import RunDir
 
 PROM_GAUGES = {
@@ -70,9 +71,16 @@ class RunLogger:
         self.prom = PrometheusExporter(metrics_port) if metrics_port else None
         if self.prom:
             self.prom.set({"restarts": restarts})
+        self.kernel_choices_logged = 0
 
     def log(self, record: dict[str, Any]) -> None:
         record = {"time": time.time(), **record}
+        # What `kernels: auto` decided since the last record, each choice once (the checkpoint
+        # markers list them all).
+        choices = auto_choices()[self.kernel_choices_logged :]
+        if choices:
+            record["kernel_choices"] = choices
+            self.kernel_choices_logged += len(choices)
         with open(self.metrics_path, "a") as f:
             f.write(json.dumps(record) + "\n")
         step = record["step"]
@@ -97,7 +105,13 @@ class RunLogger:
     ) -> Path:
         z, labels, per_row = fixed_sample_noise(z_dim, num_classes)
         images = generator(z.to(device), None if labels is None else labels.to(device))
-        return save_grid(images, self.run.sample_grid(step), nrow=per_row)
+        grid = make_grid(images, nrow=per_row)
+        # Next to the scalars in TensorBoard, where users look first (one row per class).
+        self.tb.add_image("samples", grid, step, dataformats="HWC")
+        path = self.run.sample_grid(step)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(array_to_png(grid))
+        return path
 
     def sync(self) -> None:
         """Object-store run: upload the logs and samples written since the last sync."""

@@ -13,9 +13,12 @@ import torch.distributed as dist
 import torch.distributed.nn as dist_nn
 from torch import nn
 
+from ganforge.models.layers import FP32BatchNorm2d
 
-class CrossRankBatchNorm2d(nn.BatchNorm2d):
-    """BatchNorm2d whose training statistics are the mean/variance over every rank's batch."""
+
+class CrossRankBatchNorm2d(FP32BatchNorm2d):
+    """BatchNorm2d whose training statistics are the mean/variance over every rank's batch
+    (computed in fp32 with fp32 running statistics, like `FP32BatchNorm2d`)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not (self.training and dist.is_available() and dist.is_initialized()):
@@ -54,7 +57,7 @@ def convert_batchnorm(module: nn.Module, device: torch.device) -> nn.Module:
     if device.type == "cuda":
         return nn.SyncBatchNorm.convert_sync_batchnorm(module)
     for name, child in module.named_children():
-        if type(child) is nn.BatchNorm2d:
+        if type(child) in (nn.BatchNorm2d, FP32BatchNorm2d):
             new = CrossRankBatchNorm2d(
                 child.num_features,
                 child.eps,

@@ -208,3 +208,37 @@ def subset_cmd(
         typer.secho(f"skipped: {p['path']}: {p['reason']}", err=True, fg="yellow")
     counts = ", ".join(f"{k}: {v}" for k, v in sorted(result["per_split"].items()))
     typer.echo(f"wrote {out} ({result['files']} files; {counts})")
+
+
+@app.command("shapes")
+def shapes_cmd(
+    out: Path = typer.Argument(..., help="Output folder (must not exist or be empty)."),
+    per_class: int = typer.Option(1000, "--per-class", min=1, help="Training images per class."),
+    test_per_class: int = typer.Option(
+        200, "--test-per-class", min=0, help="Test images per class (0: no test split)."
+    ),
+    image_size: int = typer.Option(32, "--image-size", min=8, max=256, help="Image side (px)."),
+    seed: int = typer.Option(0, "--seed", min=0, help="Same seed, same pixels."),
+    shard_size: int = typer.Option(1000, "--shard-size", min=1, help="Samples per shard."),
+    encoding: str = typer.Option("raw", "--encoding", help="raw (uint8 .npy), png or jpg."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Draw a procedural dataset of coloured shapes (circle, square, triangle, cross, ring, star:
+    one class each) and pack it into WebDataset shards OUT/<split>-NNNNNN.tar + dataset.json.
+
+    The demo's default data: deterministic (the same options give the same shards), drawn in
+    seconds, and learnable by a small conditional GAN in minutes on CPU.
+    """
+    from ganforge.data import DataError
+    from ganforge.data.demos import write_shapes
+    from ganforge.data.pack import PackOptions
+
+    if encoding not in ("raw", "png", "jpg"):
+        raise typer.BadParameter("must be raw, png or jpg", param_hint="--encoding")
+    counts = {"train": per_class} | ({"test": test_per_class} if test_per_class else {})
+    opts = PackOptions(shard_size=shard_size, encoding=encoding, progress=not quiet)
+    try:
+        manifest = write_shapes(out, counts, seed, image_size, opts)
+    except DataError as e:
+        _fail(str(e))
+    _print_pack_summary(out, manifest)

@@ -45,10 +45,19 @@ def one_pass_plan(sizes: list[int], order: list[int], world: int, nw: int, batch
 class StreamingLoader:
     """Iterable of (images, labels) batches with input-wait accounting and a resumable start."""
 
-    def __init__(self, make_loader, start_batch: int, num_batches: int | None):
+    def __init__(
+        self,
+        make_loader,
+        start_batch: int,
+        num_batches: int | None,
+        shards: list[list[str]] | None = None,
+    ):
         self._make_loader = make_loader
         self.start_batch = start_batch
         self.num_batches = num_batches  # None: resampled (infinite) or of unknown length
+        # One pass: the shard URLs each DataLoader worker of this rank reads (what operators and
+        # the node-failure test check for overlap); None: resampled, every worker draws from all.
+        self.shards = shards
         self.wait_seconds = 0.0  # cumulative time the consumer spent inside __next__
         self.batches_yielded = start_batch  # position in the stream, skipped batches included
         self.dropped_samples = 0  # corrupt or mislabelled samples skipped (on_error=skip)
@@ -100,6 +109,7 @@ class _ShardPlan(NamedTuple):
     source: list  # the pipeline's first stages: shard list, rank and worker splitting
     num_batches: int | None  # batches every rank yields; None: resampled or unknown length
     round_robin: int  # batches skippable without decoding (stages.DecodeBatches `skip`)
+    shards: list[list[str]] | None = None  # one pass: each worker's shard URLs, as split below
 
 
 def build_loader(urls: list[str], data_cfg: DataConfig, opts: LoaderOptions) -> StreamingLoader:
@@ -145,7 +155,7 @@ def build_loader(urls: list[str], data_cfg: DataConfig, opts: LoaderOptions) -> 
             generator=torch.Generator().manual_seed(opts.seed),
         )
 
-    return StreamingLoader(make_loader, opts.start_batch, shards.num_batches)
+    return StreamingLoader(make_loader, opts.start_batch, shards.num_batches, shards.shards)
 
 
 def _resampled(urls: list[str], opts: LoaderOptions) -> _ShardPlan:
@@ -165,8 +175,12 @@ def _one_pass(urls: list[str], data_cfg: DataConfig, opts: LoaderOptions) -> _Sh
     order = list(range(len(urls)))
     sizes = shard_sizes(urls)
     random.Random(stages.mix_seed(opts.seed, 4)).shuffle(order)  # shardshuffle: same on all ranks
+    ordered = [urls[i] for i in order]
+    # The same two splits as the stages below: this rank's slice, then wds.split_by_worker's.
+    mine = list(stages.split_by_rank(iter(ordered), opts.rank, opts.world_size))
+    per_worker = [mine[w::nw] for w in range(nw)]
     source = [
-        wds.SimpleShardList([urls[i] for i in order]),
+        wds.SimpleShardList(ordered),
         partial(stages.split_by_rank, rank=opts.rank, world_size=opts.world_size),  # nodesplitter
         wds.split_by_worker,  # workersplitter
     ]
@@ -177,7 +191,7 @@ def _one_pass(urls: list[str], data_cfg: DataConfig, opts: LoaderOptions) -> _Sh
                 f"({MANIFEST_NAME} next to the shards) to give every rank the same number "
                 "of batches; use data.resample=true or shards from `ganforge data pack`"
             )
-        return _ShardPlan(source, None, 0)
+        return _ShardPlan(source, None, 0, per_worker)
     num_batches, round_robin = one_pass_plan(sizes, order, opts.world_size, nw, opts.batch_size)
     if num_batches == 0:
         raise ValueError(
@@ -185,4 +199,4 @@ def _one_pass(urls: list[str], data_cfg: DataConfig, opts: LoaderOptions) -> _Sh
             f"({len(urls)} shards over {opts.world_size} rank(s) x {nw} worker(s)); repack "
             "with a smaller --shard-size or use data.resample=true"
         )
-    return _ShardPlan(source, num_batches, round_robin)
+    return _ShardPlan(source, num_batches, round_robin, per_worker)

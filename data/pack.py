@@ -170,9 +170,7 @@ def _progress(enabled: bool, total: int):
     return Progress(*cols, console=Console(stderr=True), disable=not enabled, transient=False)
 
 
-def pack(src: Path, out: Path, opts: PackOptions = PackOptions()) -> dict[str, Any]:
-    """Pack SRC into shards at OUT; returns the manifest. DataError on unusable input."""
-    src, out = Path(src), Path(out)
+def _check_request(out: Path, opts: PackOptions) -> None:
     if opts.encoding not in ENCODINGS:
         raise DataError(f"--encoding must be one of {', '.join(ENCODINGS)}")
     if opts.shard_size < 1:
@@ -180,7 +178,22 @@ def pack(src: Path, out: Path, opts: PackOptions = PackOptions()) -> dict[str, A
     if (reason := name_problem(opts.split)) is not None:  # it names the shard files
         raise DataError(f"--split {opts.split!r}: not usable as a file name ({reason})")
     check_out_dir(out)
-    ds = read_source(src, opts.split)
+
+
+def pack(src: Path, out: Path, opts: PackOptions = PackOptions()) -> dict[str, Any]:
+    """Pack SRC into shards at OUT; returns the manifest. DataError on unusable input."""
+    src, out = Path(src), Path(out)
+    _check_request(out, opts)  # before reading: a bad option or OUT fails at once
+    return pack_dataset(read_source(src, opts.split), out, opts, src.name)
+
+
+def pack_dataset(
+    ds: Dataset, out: Path, opts: PackOptions = PackOptions(), source: str = ""
+) -> dict[str, Any]:
+    """Pack a Dataset already in memory (a read source, or one ganforge draws: `data.shapes`)
+    into shards at OUT; `source` names it in the manifest. Returns the manifest."""
+    out = Path(out)
+    _check_request(out, opts)
     if opts.strict and ds.problems:
         p = ds.problems[0]
         raise DataError(f"--strict: {p['path']}: {p['reason']}")
@@ -196,7 +209,7 @@ def pack(src: Path, out: Path, opts: PackOptions = PackOptions()) -> dict[str, A
     tmp.chmod(0o755)  # mkdtemp makes it private; the result is an ordinary shared folder
     try:
         manifest = _write_splits(ds, tmp, size, channels, opts)
-        manifest["source"] = src.name
+        manifest["source"] = source
         write_manifest(tmp, manifest)
         if out.exists():
             out.rmdir()  # checked empty above; rename cannot replace it on every platform

@@ -4,29 +4,25 @@
 
 Accepts a packed folder (its `dataset.json` picks the split), local paths and brace patterns,
 `file://`, `http(s)://` (the manifest is fetched from the same base when the server has it) and
-`pipe:CMD`; `data.urls=None` is the embedded demo, packed once into a content-keyed cache.
+`pipe:CMD`; `demo:NAME` is a demo dataset (`data.demos`: `demo:shapes`, `demo:cifar10-subset`),
+packed once into a content-keyed cache, and `data.urls=None` is `demo:cifar10-subset`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import urllib.request
 from pathlib import Path
 from typing import Any
 
 from ganforge.config import ConfigError, DataConfig
-from ganforge.data import demo_archive, ensure_demo_shards
+from ganforge.data import DataError, demos
 from ganforge.data.manifest import MANIFEST_NAME, check_manifest, load_manifest, shard_entries
 
 
 def demo_cache_dir() -> Path:
-    """Where the embedded demo is unpacked: $GANFORGE_CACHE or ~/.cache/ganforge, keyed by the
-    archive's content so an updated package never reuses stale shards."""
-    digest = hashlib.sha256(demo_archive().read_bytes()).hexdigest()[:12]
-    base = Path(os.environ.get("GANFORGE_CACHE", "~/.cache/ganforge")).expanduser()
-    return base / f"demo-shards-{digest}"
+    """Where the embedded CIFAR-10 subset is unpacked (`data.demos`)."""
+    return demos.cifar10_cache_dir()
 
 
 def resolve_data(data_cfg: DataConfig) -> tuple[list[str], dict[str, Any] | None]:
@@ -34,7 +30,7 @@ def resolve_data(data_cfg: DataConfig) -> tuple[list[str], dict[str, Any] | None
     usable is found or the split is unknown."""
     spec = data_cfg.urls
     if spec is None:
-        spec = str(ensure_demo_shards(demo_cache_dir()))
+        spec = demos.SCHEME + demos.CIFAR10_SUBSET
     urls: list[str] = []
     manifests: list[dict[str, Any]] = []
     for part in (p.strip() for p in spec.split("::")):
@@ -56,6 +52,11 @@ def _resolve_part(part: str, split: str) -> tuple[list[str], dict[str, Any] | No
 
     if part.startswith("pipe:"):
         return [part], None
+    if part.startswith(demos.SCHEME):
+        try:
+            return _resolve_dir(demos.demo_shards(part.removeprefix(demos.SCHEME)), split)
+        except DataError as e:
+            raise ConfigError(f"data.urls={part!r}: {e}") from None
     if part.startswith(("http://", "https://")):
         urls = expand_urls(part)
         return urls, _remote_manifest(urls[0].rsplit("/", 1)[0])

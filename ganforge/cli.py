@@ -10,6 +10,7 @@ import typer
 from ganforge.cluster.commands import register as register_cluster
 from ganforge.data.commands import app as data_app
 from ganforge.quality.commands import register as register_quality
+from ganforge.quality.detect_commands import register as register_detect
 from ganforge.serve.commands import register as register_serve
 
 app = typer.Typer(
@@ -26,6 +27,7 @@ app.add_typer(data_app, name="data", help="Pack images into WebDataset shards an
 register_cluster(app)
 register_serve(app)
 register_quality(app)
+register_detect(app)
 
 
 @app.command("version")

@@ -11,7 +11,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 Precision = Literal["fp32", "bf16", "fp16"]
 KernelBackend = Literal["auto", "torch", "triton"]
@@ -51,8 +58,9 @@ class DataConfig(_Section):
 class ModelConfig(_Section):
     variant: str = "dcgan"
     """Name of a registered GAN variant (`ganforge.models.list_variants()`: dcgan, cdcgan, wgan,
-    wgan-gp, cwgan-gp, ...). Checked against the registry by `ganforge.models.check_recipe`
-    before training starts: this base layer does not import the models."""
+    wgan-gp, cwgan-gp, stylegan2, cstylegan2, ...). Checked against the registry by
+    `ganforge.models.check_recipe` before training starts: this base layer does not import the
+    models."""
     resolution: Literal[32, 64] = 32
     """Output image size (square). The number of up/down-sampling blocks follows from it."""
     channels: Literal[1, 3] = 3
@@ -67,9 +75,23 @@ class ModelConfig(_Section):
     """Size of the label embedding concatenated to z in conditional generators."""
     ema_decay: float = Field(0.999, ge=0.0, lt=1.0)
     """Decay of the generator EMA used for sampling and serving (0 = copy the live weights)."""
+    ema_kimg: float | None = Field(None, gt=0)
+    """EMA half-life in thousands of images (StyleGAN2): decay = 0.5 ** (global batch / (1000 *
+    ema_kimg)) per generator step, so it does not change with the batch size or worker count.
+    Set, it replaces `ema_decay`; None = use `ema_decay`."""
+    ema_rampup: float | None = Field(None, gt=0)
+    """With `ema_kimg`: cap the half-life at this fraction of the images seen so far (StyleGAN2-ADA
+    uses 0.05 on CIFAR-10), so the EMA of a short run is not dominated by its first weights."""
     kernels: KernelBackend = "auto"
-    """Transposed-conv and gradient-penalty kernels: triton, torch (reference), or auto (Triton on
-    CUDA, the reference elsewhere)."""
+    """Transposed-conv and gradient-penalty kernels: triton, torch (reference), or auto (on CUDA,
+    per op, shape and dtype the faster of the two, measured once at first use after checking that
+    Triton agrees with the reference; the reference elsewhere)."""
+
+    @model_validator(mode="after")
+    def _check_ema(self) -> ModelConfig:
+        if self.ema_rampup is not None and self.ema_kimg is None:
+            raise ValueError("model.ema_rampup needs model.ema_kimg (the half-life it caps)")
+        return self
 
 
 class OptimizerConfig(_Section):
@@ -98,6 +120,12 @@ class LossConfig(_Section):
     `GradientPenalty` regulariser; a variant without it refuses a non-zero value."""
     gp_every: int = Field(1, ge=1)
     """Lazy regularisation: apply the penalty every k-th critic step, scaled by k (StyleGAN2)."""
+    r1_gamma: float = Field(0.0, ge=0)
+    """R1 weight gamma: gamma/2 * E[||grad_x D(x)||^2] on real images (StyleGAN2-ADA CIFAR-10:
+    0.01). 0 disables it. Read by the `R1Penalty` regulariser; a variant without it refuses a
+    non-zero value."""
+    r1_every: int = Field(16, ge=1)
+    """Lazy R1: apply it every k-th critic step, scaled by k (StyleGAN2: 16)."""
 
 
 class TrainConfig(_Section):
@@ -108,7 +136,7 @@ class TrainConfig(_Section):
     seed: int = 0
     """Seed for weights, noise and data order (per rank it is offset by the rank)."""
     precision: Precision = "fp32"
-    """Training precision; bf16/fp16 need a GPU."""
+    """Training precision: bf16 runs on CPU and GPU; fp16 (dynamic loss scaling) needs a GPU."""
     zero_stage: Literal[0, 1, 2] = 0
     """DeepSpeed ZeRO stage for both engines."""
     grad_clip: float = Field(0.0, ge=0)
@@ -133,10 +161,28 @@ class ClusterConfig(_Section):
     """Ray Train workers (data-parallel ranks)."""
     gpu: bool = False
     """One GPU per worker (NCCL); otherwise CPU workers with gloo."""
-    cpus_per_worker: int = Field(1, ge=1)
-    """CPUs reserved per worker; also the torch thread count of each worker."""
+    cpus_per_worker: int | None = Field(None, ge=1)
+    """CPUs reserved per worker; also the torch thread count of each worker. None (or `auto`) =
+    all CPUs of the local Ray node divided among the workers when `ganforge train` starts the
+    cluster itself; on a cluster it joins (RAY_ADDRESS), 1 per worker, Ray Train's default. The
+    value used is printed when training starts and in the run's summary."""
+
+    @field_validator("cpus_per_worker", mode="before")
+    @classmethod
+    def _auto_cpus(cls, value: Any) -> Any:
+        if isinstance(value, str) and not value.strip().isdigit():
+            if value.strip() == "auto":
+                return None
+            raise ValueError(f"expected a positive integer or 'auto', got {value!r}")
+        return value
+
     max_failures: int = Field(2, ge=-1)
-    """Worker-group restarts from the latest checkpoint before giving up (-1 = unlimited)."""
+    """Worker-group restarts from the latest checkpoint before giving up (-1 = unlimited). A lost
+    node counts as one failure (its worker dies with it)."""
+    start_timeout_s: float | None = Field(None, gt=0)
+    """How long the worker group may wait for its resources when it starts or restarts (after a
+    lost node, say) before the run stops with an error that names the checkpoint to resume from.
+    None = Ray Train's default: wait in tries of 60 s, forever, until the capacity comes back."""
     metrics_port: int | None = None
     """Port of rank 0's Prometheus endpoint (`ganforge_train_*`); None disables it."""
 
@@ -158,10 +204,22 @@ class GanforgeConfig(_Section):
 
     @model_validator(mode="after")
     def _check_precision(self) -> GanforgeConfig:
-        if self.train.precision != "fp32" and not self.cluster.gpu:
+        if self.train.precision == "fp16" and not self.cluster.gpu:
+            # DeepSpeed's CPU accelerator refuses fp16 unless oneDNN has fp16 kernels for the CPU
+            # (torch.ops.mkldnn._is_mkldnn_fp16_supported(), e.g. AMX-FP16; the driver cannot
+            # see the workers' CPUs). bf16 is accepted on every CPU (tests/test_precision.py).
             raise ValueError(
-                f"train.precision={self.train.precision} needs a GPU (cluster.gpu / --gpu); "
-                "CPU training runs in fp32"
+                "train.precision=fp16 needs a GPU (cluster.gpu / --gpu): DeepSpeed's CPU "
+                "accelerator accepts fp16 only on CPUs with oneDNN fp16 kernels; use "
+                "train.precision=bf16 (or fp32) on CPU"
+            )
+        if self.train.precision == "fp16" and self.train.zero_stage == 0:
+            # tests/test_precision.py checks the DeepSpeed bug is still there (a tripwire).
+            raise ValueError(
+                "train.precision=fp16 needs train.zero_stage >= 1: at ZeRO stage 0 DeepSpeed 0.19 "
+                "never multiplies the loss by the loss scale yet divides the gradients by it, so "
+                "updates come out ~65536x too small (deepspeedai/DeepSpeed PR 8393); use "
+                "train.zero_stage=1, or train.precision=bf16"
             )
         if self.loss.clip_value and (self.train.zero_stage > 0 or self.train.precision != "fp32"):
             # Clipping clamps the module's weights in place; under ZeRO >= 1 or bf16/fp16
@@ -221,6 +279,17 @@ def parse_override(item: str) -> tuple[str, Any]:
         raise ConfigError(f"override '{item}' must look like section.key=value")
     key, raw = item.split("=", 1)
     return key.strip(), yaml.safe_load(raw)
+
+
+def cli_overrides(sets: list[str], flags: dict[str, Any]) -> dict[str, Any]:
+    """A command's overrides: its `--set key=value` items, then the dedicated flags that were
+    given on top (a flag left out is None and leaves the `--set` value, or the file's, alone).
+    Precedence: flag > --set > file > defaults."""
+    overrides = dict(parse_override(s) for s in sets)
+    # Never `overrides |= flags`: an absent flag's None would erase its key's --set value
+    # (`--set cluster.cpus_per_worker=2` once trained on one thread that way).
+    overrides |= {key: value for key, value in flags.items() if value is not None}
+    return overrides
 
 
 def load_config(

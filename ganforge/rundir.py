@@ -9,6 +9,7 @@
       quality/metrics.json       the latest `ganforge eval` figures (shown by the server)
       .launches/<launch id>      how often a launch's worker group has started (restarts)
       pids/rank-<r>              worker pids, for operators and the kill tests
+      placement/rank-<r>.jsonl   where rank r ran, one line per start: node, pid, shard slices
       .restore/rank-<r>/         object-store runs: the checkpoint a rank downloaded to resume
 
     RUN_DIR/checkpoints/<name>/  (the format itself: `ganforge.checkpoint`)
@@ -102,6 +103,7 @@ class RunDir:
     QUALITY = "quality"
     LAUNCHES = ".launches"
     PIDS = "pids"
+    PLACEMENT = "placement"
     RESTORE = ".restore"
 
     def __init__(self, path: str | os.PathLike, store: RemoteRun | None = None):
@@ -186,6 +188,11 @@ class RunDir:
 
     def pid_file(self, rank: int) -> Path:
         return self.path / self.PIDS / f"rank-{rank}"
+
+    def placement_log(self, rank: int) -> Path:
+        """One JSON line per start of rank `rank`: launch, Ray node, pid, start step, and the
+        shard URLs of each of its loader workers (None: resampled data)."""
+        return self.path / self.PLACEMENT / f"rank-{rank}.jsonl"
 
     def restore_dir(self, rank: int) -> Path:
         """Object-store runs: where rank `rank` downloads the checkpoint it resumes from."""

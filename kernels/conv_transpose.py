@@ -32,14 +32,31 @@ import triton.language as tl
 
 from ganforge.kernels.conv_transpose_backward import activation_backward, grad_input, grad_weight
 from ganforge.kernels.gemm import ACTIVATION_CODES, activation_epilogue, gemm, is_gemm_layer
+from ganforge.kernels.launch import KernelLaunch
 from ganforge.kernels.utils import (
     DOT_PRECISION,
     check_triton_device,
     contiguous,
     dot_block,
+    dot_stages,
+    dot_warps,
     first_order_only,
     gemm_caps,
 )
+
+
+@triton.jit
+def phase_origin(phase, S: tl.constexpr, P: tl.constexpr):
+    """(rh, rw, oh0, ow0, qh0, qw0) of output phase `phase` in [0, S*S): its tap residues (taps
+    kh = rh + S*t), its first output row/col, and the input row/col its tap 0 reads there.
+    Shared with the modulated convolution's up=2 form."""
+    rh = phase // S
+    rw = phase % S
+    oh0 = (rh + S - P % S) % S
+    ow0 = (rw + S - P % S) % S
+    qh0 = (oh0 + P - rh) // S
+    qw0 = (ow0 + P - rw) // S
+    return rh, rw, oh0, ow0, qh0, qw0
 
 
 @triton.jit
@@ -76,13 +93,7 @@ def _conv_transpose_phase_kernel(
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
     phase = tl.program_id(2)
-    rh = phase // S
-    rw = phase % S
-    # First output row/col of this phase, and the input row/col its tap 0 reads.
-    oh0 = (rh + S - P % S) % S
-    ow0 = (rw + S - P % S) % S
-    qh0 = (oh0 + P - rh) // S
-    qw0 = (ow0 + P - rw) // S
+    rh, rw, oh0, ow0, qh0, qw0 = phase_origin(phase, S, P)
 
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     b = offs_m // (HP * WP)
@@ -153,35 +164,42 @@ def _forward(
             y.shape
         )
     hp, wp = triton.cdiv(h_out, stride), triton.cdiv(w_out, stride)
-    cap_m, cap_n, cap_k = gemm_caps()
+    cap_m, cap_n, cap_k = gemm_caps(x.dtype)
     block_m = dot_block(batch * hp * wp, cap_m)
     block_n, block_k = dot_block(c_out, cap_n), dot_block(c_in, cap_k)
-    grid = (triton.cdiv(batch * hp * wp, block_m), triton.cdiv(c_out, block_n), stride * stride)
-    _conv_transpose_phase_kernel[grid](
-        x,
-        weight,
-        y if bias is None else bias,  # never read without HAS_BIAS
-        y,
-        batch,
-        c_in,
-        h,
-        w,
-        c_out,
-        h_out,
-        w_out,
-        hp,
-        wp,
-        S=stride,
-        P=padding,
-        K=k,
-        TAPS=triton.cdiv(k, stride),
-        HAS_BIAS=bias is not None,
-        ACTIVATION=activation,
-        DOT_PRECISION=DOT_PRECISION,
-        BLOCK_M=block_m,
-        BLOCK_N=block_n,
-        BLOCK_K=block_k,
-    )
+    KernelLaunch(
+        _conv_transpose_phase_kernel,
+        (triton.cdiv(batch * hp * wp, block_m), triton.cdiv(c_out, block_n), stride * stride),
+        (
+            x,
+            weight,
+            y if bias is None else bias,  # never read without HAS_BIAS
+            y,
+            batch,
+            c_in,
+            h,
+            w,
+            c_out,
+            h_out,
+            w_out,
+            hp,
+            wp,
+        ),
+        dict(
+            S=stride,
+            P=padding,
+            K=k,
+            TAPS=triton.cdiv(k, stride),
+            HAS_BIAS=bias is not None,
+            ACTIVATION=activation,
+            DOT_PRECISION=DOT_PRECISION,
+            BLOCK_M=block_m,
+            BLOCK_N=block_n,
+            BLOCK_K=block_k,
+        ),
+        num_warps=dot_warps(block_m, block_n),
+        num_stages=dot_stages(x.dtype),
+    ).run()
     return y
 
 

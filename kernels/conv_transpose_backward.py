@@ -10,7 +10,16 @@ import triton
 import triton.language as tl
 
 from ganforge.kernels.gemm import gemm, is_gemm_layer
-from ganforge.kernels.utils import DOT_PRECISION, dot_block, elementwise_block, gemm_caps
+from ganforge.kernels.launch import KernelLaunch
+from ganforge.kernels.utils import (
+    DOT_PRECISION,
+    dot_block,
+    dot_stages,
+    dot_warps,
+    elementwise_block,
+    gemm_caps,
+    is_interpreter,
+)
 
 
 # Activation derivative from the saved output y = act(z), so z need not be kept:
@@ -166,9 +175,12 @@ def activation_backward(grad: torch.Tensor, y: torch.Tensor, activation: int) ->
     out = torch.empty_like(y)
     n = y.numel()
     block = elementwise_block(n)
-    _activation_backward_kernel[(triton.cdiv(n, block),)](
-        grad, y, out, n, ACTIVATION=activation, BLOCK=block
-    )
+    KernelLaunch(
+        _activation_backward_kernel,
+        (triton.cdiv(n, block),),
+        (grad, y, out, n),
+        dict(ACTIVATION=activation, BLOCK=block),
+    ).run()
     return out
 
 
@@ -186,28 +198,24 @@ def grad_input(
         flat_w = weight.view(c_in, c_out * k * k)
         gemm(dy.view(batch, -1), flat_w.t(), dx.view(batch, c_in))
         return dx
-    cap_m, cap_n, cap_k = gemm_caps()
+    cap_m, cap_n, cap_k = gemm_caps(dy.dtype)
     block_m, block_n = dot_block(batch * h * w, cap_m), dot_block(c_in, cap_n)
-    grid = (triton.cdiv(batch * h * w, block_m), triton.cdiv(c_in, block_n))
-    _conv_transpose_grad_input_kernel[grid](
-        dy,
-        weight,
-        dx,
-        batch,
-        c_in,
-        h,
-        w,
-        c_out,
-        h_out,
-        w_out,
-        S=stride,
-        P=padding,
-        K=k,
-        DOT_PRECISION=DOT_PRECISION,
-        BLOCK_M=block_m,
-        BLOCK_N=block_n,
-        BLOCK_K=dot_block(c_out, cap_k),
-    )
+    KernelLaunch(
+        _conv_transpose_grad_input_kernel,
+        (triton.cdiv(batch * h * w, block_m), triton.cdiv(c_in, block_n)),
+        (dy, weight, dx, batch, c_in, h, w, c_out, h_out, w_out),
+        dict(
+            S=stride,
+            P=padding,
+            K=k,
+            DOT_PRECISION=DOT_PRECISION,
+            BLOCK_M=block_m,
+            BLOCK_N=block_n,
+            BLOCK_K=dot_block(c_out, cap_k),
+        ),
+        num_warps=dot_warps(block_m, block_n),
+        num_stages=dot_stages(dy.dtype),
+    ).run()
     return dx
 
 
@@ -224,29 +232,26 @@ def grad_weight(
         # dw [C_in, C_out*K*K] = x[B, C_in]^T @ dy [B, C_out*K*K]
         gemm(x.view(batch, c_in).t(), dy.view(batch, -1), dw.view(c_in, -1))
         return dw
-    cap_m, cap_n, _ = gemm_caps()
+    cap_m, cap_n, cap_k = gemm_caps(x.dtype)
     block_m, block_n = dot_block(c_in, cap_n), dot_block(c_out, cap_n)
-    # The reduction runs over B*H*W, usually far longer than the channel tiles: give it the
-    # large block.
-    block_k = dot_block(batch * h * w, cap_m)
-    grid = (triton.cdiv(c_in, block_m), triton.cdiv(c_out, block_n), k * k)
-    _conv_transpose_grad_weight_kernel[grid](
-        x,
-        dy,
-        dw,
-        batch,
-        c_in,
-        h,
-        w,
-        c_out,
-        h_out,
-        w_out,
-        S=stride,
-        P=padding,
-        K=k,
-        DOT_PRECISION=DOT_PRECISION,
-        BLOCK_M=block_m,
-        BLOCK_N=block_n,
-        BLOCK_K=block_k,
-    )
+    # The reduction runs over B*H*W, usually far longer than the channel tiles. The interpreter
+    # gives it the large block (fewer Python-level iterations); on the GPU it takes the K cap
+    # like the other kernels: a 64-wide reduction block spilled in every dtype.
+    block_k = dot_block(batch * h * w, cap_m if is_interpreter() else cap_k)
+    KernelLaunch(
+        _conv_transpose_grad_weight_kernel,
+        (triton.cdiv(c_in, block_m), triton.cdiv(c_out, block_n), k * k),
+        (x, dy, dw, batch, c_in, h, w, c_out, h_out, w_out),
+        dict(
+            S=stride,
+            P=padding,
+            K=k,
+            DOT_PRECISION=DOT_PRECISION,
+            BLOCK_M=block_m,
+            BLOCK_N=block_n,
+            BLOCK_K=block_k,
+        ),
+        num_warps=dot_warps(block_m, block_n),
+        num_stages=dot_stages(x.dtype),
+    ).run()
     return dw

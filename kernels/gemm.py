@@ -11,7 +11,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ganforge.kernels.utils import DOT_PRECISION, dot_block, gemm_caps
+from ganforge.kernels.launch import KernelLaunch
+from ganforge.kernels.utils import DOT_PRECISION, dot_block, dot_stages, dot_warps, gemm_caps
 
 # Epilogue activation codes (constexpr ints in the kernels); leaky_relu has slope 0.2.
 ACTIVATION_CODES = {None: 0, "relu": 1, "tanh": 2, "leaky_relu": 3}
@@ -98,28 +99,35 @@ def gemm(
 ) -> torch.Tensor:
     """out[M, N] = act(a[M, K] @ b[K, N] + bias[n // bias_div]); a, b, out may be strided views."""
     (m, k), n = a.shape, b.shape[1]
-    cap_m, cap_n, cap_k = gemm_caps()
+    cap_m, cap_n, cap_k = gemm_caps(a.dtype)
     block_m, block_n, block_k = dot_block(m, cap_m), dot_block(n, cap_n), dot_block(k, cap_k)
-    grid = (triton.cdiv(m, block_m), triton.cdiv(n, block_n))
-    _gemm_kernel[grid](
-        a,
-        b,
-        out,
-        out if bias is None else bias,  # never read without HAS_BIAS
-        m,
-        n,
-        k,
-        *a.stride(),
-        *b.stride(),
-        *out.stride(),
-        bias_div,
-        HAS_BIAS=bias is not None,
-        ACTIVATION=activation,
-        DOT_PRECISION=DOT_PRECISION,
-        BLOCK_M=block_m,
-        BLOCK_N=block_n,
-        BLOCK_K=block_k,
-    )
+    KernelLaunch(
+        _gemm_kernel,
+        (triton.cdiv(m, block_m), triton.cdiv(n, block_n)),
+        (
+            a,
+            b,
+            out,
+            out if bias is None else bias,  # never read without HAS_BIAS
+            m,
+            n,
+            k,
+            *a.stride(),
+            *b.stride(),
+            *out.stride(),
+            bias_div,
+        ),
+        dict(
+            HAS_BIAS=bias is not None,
+            ACTIVATION=activation,
+            DOT_PRECISION=DOT_PRECISION,
+            BLOCK_M=block_m,
+            BLOCK_N=block_n,
+            BLOCK_K=block_k,
+        ),
+        num_warps=dot_warps(block_m, block_n),
+        num_stages=dot_stages(a.dtype),
+    ).run()
     return out
 
 

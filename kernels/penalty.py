@@ -16,6 +16,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ganforge.kernels.launch import KernelLaunch
 from ganforge.kernels.utils import check_triton_device, elementwise_block, first_order_only
 
 # Below this norm the backward's 1/||g|| is clamped: a sample whose gradient is exactly zero gets
@@ -90,9 +91,12 @@ def interpolate_triton(real: torch.Tensor, fake: torch.Tensor, eps: torch.Tensor
     if out.numel() == 0:
         return out
     block = elementwise_block(n)
-    _interpolate_kernel[(batch, triton.cdiv(n, block))](
-        real, fake.to(real.dtype), eps, out, n, BLOCK=block
-    )
+    KernelLaunch(
+        _interpolate_kernel,
+        (batch, triton.cdiv(n, block)),
+        (real, fake.to(real.dtype), eps, out, n),
+        dict(BLOCK=block),
+    ).run()
     return out
 
 
@@ -112,8 +116,12 @@ class PenaltyFromGrad(torch.autograd.Function):
         batch, n = g.shape
         norms = torch.empty(batch, device=g.device, dtype=torch.float32)
         penalty = torch.empty((), device=g.device, dtype=torch.float32)
-        _sample_norm_kernel[(batch,)](g, norms, n, BLOCK=elementwise_block(n))
-        _penalty_reduce_kernel[(1,)](norms, penalty, batch, float(lam), BLOCK_B=1024)
+        KernelLaunch(
+            _sample_norm_kernel, (batch,), (g, norms, n), dict(BLOCK=elementwise_block(n))
+        ).run()
+        KernelLaunch(
+            _penalty_reduce_kernel, (1,), (norms, penalty, batch, float(lam)), dict(BLOCK_B=1024)
+        ).run()
         ctx.save_for_backward(g, norms)
         ctx.lam, ctx.shape = float(lam), grad.shape
         ctx.mark_non_differentiable(norms)
@@ -126,16 +134,12 @@ class PenaltyFromGrad(torch.autograd.Function):
         batch, n = g.shape
         dg = torch.empty_like(g)
         block = elementwise_block(n)
-        _penalty_backward_kernel[(batch, triton.cdiv(n, block))](
-            g,
-            norms,
-            grad_penalty.contiguous(),
-            dg,
-            n,
-            2.0 * ctx.lam / batch,
-            NORM_EPS=NORM_EPS,
-            BLOCK=block,
-        )
+        KernelLaunch(
+            _penalty_backward_kernel,
+            (batch, triton.cdiv(n, block)),
+            (g, norms, grad_penalty.contiguous(), dg, n, 2.0 * ctx.lam / batch),
+            dict(NORM_EPS=NORM_EPS, BLOCK=block),
+        ).run()
         return dg.view(ctx.shape), None
 
 

@@ -12,6 +12,8 @@ import os
 import torch
 from torch.autograd.function import once_differentiable
 
+from ganforge.kernels.launch import recording
+
 # tl.dot needs every block dimension >= 16 on NVIDIA GPUs.
 MIN_DOT_BLOCK = 16
 # tl.dot input precision: exact fp32 products (no TF32), so fp32 results match the PyTorch
@@ -29,8 +31,11 @@ def is_interpreter() -> bool:
 
 
 def check_triton_device(device: torch.device) -> None:
-    """Raise a RuntimeError unless Triton can run on `device` (CUDA, or CPU if interpreted)."""
-    if device.type == "cuda" or (device.type == "cpu" and is_interpreter()):
+    """Raise a RuntimeError unless Triton can run on `device` (CUDA, or CPU if interpreted).
+
+    Any device passes while launches are recorded (`launch.record_launches`): nothing runs then.
+    """
+    if device.type == "cuda" or (device.type == "cpu" and is_interpreter()) or recording():
         return
     raise RuntimeError(
         f"kernels: triton needs CUDA tensors, got tensors on {device}. On CPU use "
@@ -52,11 +57,35 @@ def dot_block(n: int, cap: int) -> int:
     return max(MIN_DOT_BLOCK, min(cap, next_power_of_2(n)))
 
 
-def gemm_caps() -> tuple[int, int, int]:
-    """(BLOCK_M cap, BLOCK_N cap, BLOCK_K cap) for the implicit-GEMM kernels."""
+def gemm_caps(dtype: torch.dtype | None = None) -> tuple[int, int, int]:
+    """(BLOCK_M cap, BLOCK_N cap, BLOCK_K cap) for the implicit-GEMM kernels whose tl.dot
+    operands have `dtype` (None: the fp16/bf16 caps).
+
+    On the GPU fp32 gets half the BLOCK_K: its exact (ieee) products run on the CUDA cores with
+    the operand fragments in registers, which grow with BLOCK_K; at 32 the 64x64 tiles reach the
+    255-register ceiling and spill on sm_80 and sm_90 (bench/results/kernels-compile-sm*.json).
+    fp16/bf16 products go through the tensor cores and compile without spills at 32.
+    """
     if is_interpreter():
         return 256, 64, 64
-    return 64, 64, 32
+    return 64, 64, 16 if dtype == torch.float32 else 32
+
+
+def dot_warps(block_m: int, block_n: int) -> int:
+    """num_warps of a tl.dot kernel with a BLOCK_M x BLOCK_N fp32 accumulator: 4 for every tile
+    up to the 64x64 caps. Compiled for sm_80/sm_90, 8 warps often made ptxas hold each thread to
+    128 registers and spill where 4 warps fit in 255 without spilling."""
+    return 4
+
+
+def dot_stages(dtype: torch.dtype) -> int:
+    """num_stages (software-pipelined loads) of a tl.dot kernel whose operands have `dtype`.
+
+    fp32 runs unpipelined: its CUDA-core products hold the operands in registers anyway, and the
+    prefetched stages' addresses and masks pushed the 64x64 tiles into spills; fp16/bf16 keep
+    Triton's default of 3 (tensor cores, and no spills with it).
+    """
+    return 1 if dtype == torch.float32 else 3
 
 
 def elementwise_block(n: int) -> int:

@@ -7,7 +7,7 @@ import math
 import torch
 from torch import nn
 
-from ganforge.models.layers import KernelConvTranspose2d, dcgan_init
+from ganforge.models.layers import FP32BatchNorm2d, KernelConvTranspose2d, dcgan_init
 
 
 def num_blocks(resolution: int) -> int:
@@ -43,13 +43,13 @@ class Generator(nn.Module):
         ch = width * 2 ** (n - 1)
         layers: list[nn.Module] = [
             KernelConvTranspose2d(in_dim, ch, 4, 1, 0, bias=False, backend=backend),
-            nn.BatchNorm2d(ch),
+            FP32BatchNorm2d(ch),
             nn.ReLU(inplace=True),
         ]
         for _ in range(n - 1):
             layers += [
                 KernelConvTranspose2d(ch, ch // 2, 4, 2, 1, bias=False, backend=backend),
-                nn.BatchNorm2d(ch // 2),
+                FP32BatchNorm2d(ch // 2),
                 nn.ReLU(inplace=True),
             ]
             ch //= 2
@@ -58,6 +58,11 @@ class Generator(nn.Module):
         )
         self.net = nn.Sequential(*layers)
         dcgan_init(self)
+        if self.embed is not None:
+            # The label on the scale of z ~ N(0, 1). At DCGAN's N(0, 0.02) it enters 50x quieter
+            # than the noise: on the demo shapes the generator still ignored the class after 600
+            # steps (a judge found chance accuracy); at N(0, 1) the rows differ by step 200.
+            nn.init.normal_(self.embed.weight, 0.0, 1.0)
 
     def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         if self.embed is not None:

@@ -38,8 +38,13 @@ VARIANT_MODULE_PREFIX = "variant_"
 class VariantSpec:
     """A GAN variant. G and D are single-device `nn.Module`s built from the `model` section:
 
-    - G: `g(z [B, z_dim], labels [B] | None) -> images [B, C, H, W]` in [-1, 1], with an attribute
-      `num_classes` (0 = unconditional), deep-copyable (the EMA copies it).
+    - G: `g(z [B, z_dim], labels [B] | None) -> images [B, C, H, W]`, in [-1, 1] in eval mode
+      (training may use a linear output, as StyleGAN2 does), with an attribute `num_classes`
+      (0 = unconditional), deep-copyable (the EMA copies it, buffers included). A generator that
+      truncates in its own latent space (StyleGAN2: toward the tracked mean w) sets the class
+      attribute `truncation_space = "w"` and accepts `g(z, labels, truncation=psi)`, psi a number
+      or one per sample [B]; serving then passes the request's truncation through instead of
+      truncating z.
     - D: `d(images, labels | None) -> scores [B]`, differentiable twice when a regulariser
       penalises its input gradient.
     """

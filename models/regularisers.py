@@ -4,8 +4,8 @@ A `Regulariser` may add a penalty to the critic loss (`penalty`, on every `every
 and/or act on D after its optimiser step (`after_step`, e.g. weight clipping). A variant lists
 the regulariser classes it is defined by; each class builds itself from the `loss` config
 section and says which settings a recipe needs (or must leave off when the variant does not use
-it). The engines only call the interface, so a new regulariser (StyleGAN2's lazy R1) is a new
-subclass here or in its variant's module, plus its fields in `LossConfig`.
+it). The engines only call the interface, so a new regulariser (e.g. StyleGAN2's lazy R1 below)
+is a new subclass here or in its variant's module, plus its fields in `LossConfig`.
 """
 
 from __future__ import annotations
@@ -146,3 +146,39 @@ class WeightClipping(Regulariser):
         with torch.no_grad():
             for p in d.parameters():
                 p.clamp_(-self.clip_value, self.clip_value)
+
+
+class R1Penalty(Regulariser):
+    """R1 (Mescheder et al. 2018), as StyleGAN2 applies it: gamma/2 * E[||grad_x D(x)||^2] on
+    real images only, lazily (every `loss.r1_every`-th critic step, weighted by that interval).
+    Settings: `loss.r1_gamma` (0 = off), `loss.r1_every`. The gradient is taken through D's raw
+    module on a fresh forward of the reals (DeepSpeed rejects an inner autograd.grad through the
+    engine's outputs)."""
+
+    adds_penalty = True
+    recipe_defaults = {"r1_gamma": 0.01, "r1_every": 16}  # StyleGAN2-ADA's CIFAR-10 config
+
+    def __init__(self, gamma: float, every: int):
+        self.weight, self.every = gamma / 2, every
+
+    @classmethod
+    def from_config(cls, loss: LossConfig, model: ModelConfig) -> R1Penalty | None:
+        return cls(loss.r1_gamma, loss.r1_every) if loss.r1_gamma > 0 else None
+
+    @classmethod
+    def recipe_problems(cls, loss: LossConfig) -> list[str]:
+        if loss.r1_gamma <= 0:
+            return ["loss.r1_gamma must be > 0 (R1 on reals regularises this variant's D)"]
+        return []
+
+    @classmethod
+    def unused_problems(cls, loss: LossConfig) -> list[str]:
+        if loss.r1_gamma > 0:
+            return ["loss.r1_gamma must be 0: this variant does not use the R1 penalty"]
+        return []
+
+    def penalty(self, batch: CriticBatch, weight: float) -> Penalty:
+        real = batch.real.detach().requires_grad_(True)
+        (grad,) = torch.autograd.grad(batch.critic(real).sum(), real, create_graph=True)
+        sq_norms = grad.flatten(1).float().square().sum(dim=1)
+        return Penalty(weight * sq_norms.mean(), sq_norms.sqrt().mean().detach())

@@ -5,6 +5,7 @@ Heavy imports (torch, ray, the metrics) happen inside the command functions so `
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import typer
@@ -101,17 +102,19 @@ def eval_cmd(
         inception_weights=str(inception_weights) if inception_weights else None,
         classifier=str(classifier) if classifier else None,
     )
+    t0 = time.monotonic()
     try:
         body = evaluate_runs(run_dirs, data, out, s)
     except (EvalError, DataError, ExtractorError) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
-    _print_summary(body)
-    typer.echo(f"report: {out / 'report.md'} (extractor: {body['extractor']})")
+    _print_summary(body, out, time.monotonic() - t0)
 
 
-def _print_summary(body: dict) -> None:
+def _print_summary(body: dict, report: Path, seconds: float, command: str = "eval") -> None:
+    """One screen: the latest figures of each run, then where the report's files are."""
     from rich.console import Console
+    from rich.panel import Panel
     from rich.table import Table
 
     table = Table(title="latest checkpoint of each run")
@@ -129,7 +132,18 @@ def _print_summary(body: dict) -> None:
             f"{m['stats']['sharpness']:.1f}",
             f"{m['stats']['noise_sigma']:.2f}",
         )
-    Console().print(table)
+    console = Console()
+    console.print(table)
+    files = Table.grid(padding=(0, 2))
+    files.add_column(style="bold", no_wrap=True)
+    files.add_column(overflow="fold")
+    files.add_row("report", f"{report / 'report.md'} (and report.html)")
+    files.add_row("grids", f"{report}/grid-*.png (rows = runs)")
+    files.add_row("figures", f"{report / 'metrics.json'}; each run's quality/metrics.json")
+    files.add_row("", "(GET /v1/models of `ganforge serve` shows them)")
+    files.add_row("features", str(body["extractor"]))
+    files.add_row("wall time", f"{seconds / 60:.1f} min")
+    console.print(Panel(files, title=f"ganforge {command}", title_align="left", expand=False))
 
 
 def study_cmd(
@@ -142,7 +156,9 @@ def study_cmd(
     ),
     out: Path = typer.Option(..., "--out", help="Study directory: runs/<variant>/ and report/."),
     variants: list[str] = typer.Option(
-        list(("dcgan", "cdcgan", "wgan", "wgan-gp", "cwgan-gp")),
+        # quality.study.DEFAULT_VARIANTS, spelled out: importing the study here would load torch
+        # for `--help`.
+        ["dcgan", "cdcgan", "wgan", "wgan-gp", "cwgan-gp", "stylegan2", "cstylegan2"],
         "--variants",
         help="Variants to train and compare (repeat the option).",
     ),
@@ -171,6 +187,7 @@ def study_cmd(
     ),
 ) -> None:
     """Train every variant with the same budget (reusing finished runs), then compare them."""
+    t0 = time.monotonic()
     if budget not in ("images", "g-steps"):
         raise typer.BadParameter("must be images or g-steps", param_hint="--budget")
     _require_training()
@@ -201,8 +218,7 @@ def study_cmd(
     except (ConfigError, EvalError, DataError, ExtractorError) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
-    _print_summary(body)
-    typer.echo(f"report: {out / 'report' / 'report.md'}")
+    _print_summary(body, out / "report", time.monotonic() - t0, "study")
 
 
 def _require_training() -> None:

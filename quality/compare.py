@@ -9,6 +9,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from tqdm import tqdm
+
 from ganforge.data.memory import read_manifest
 from ganforge.quality import metrics as M
 from ganforge.quality.evaluate import (
@@ -49,10 +51,13 @@ def evaluate_runs(
     extractor = build_extractor(s.inception_weights, s.classifier)
     judge = judge_for(classes, s)
     ref = build_reference(data, s, extractor, judge, progress)
-    runs = [
-        evaluate_run(m, ckpts, ref, extractor, judge, s, progress)
-        for m, ckpts in zip(local, chosen, strict=True)
-    ]
+    # One bar over every checkpoint of every run: its ETA covers the whole evaluation.
+    total = sum(len(ckpts) for ckpts in chosen)
+    with tqdm(total=total, desc="eval", unit="checkpoint", disable=not progress) as bar:
+        runs = [
+            evaluate_run(m, ckpts, ref, extractor, judge, s, bar)
+            for m, ckpts in zip(local, chosen, strict=True)
+        ]
     seen: dict[str, int] = {}
     for run in runs:  # two runs named alike (a/run, b/run) must stay apart in tables and grids
         seen[run["name"]] = seen.get(run["name"], 0) + 1

@@ -189,14 +189,15 @@ def evaluate_run(
     extractor,
     judge,
     s: EvalSettings,
-    progress: bool,
+    bar: Any = None,
 ) -> dict[str, Any]:
     """Metrics for the checkpoints `ckpts` ((step, path), from `select_checkpoints`) of one run;
-    also keeps the latest one's samples."""
-    from tqdm import tqdm
-
+    also keeps the latest one's samples. `bar`: a tqdm bar over the whole evaluation's
+    checkpoints, advanced once per checkpoint."""
     rows, latest = [], None
-    for step, ckpt in tqdm(ckpts, desc=f"eval {Path(run_dir).name}", disable=not progress):
+    for step, ckpt in ckpts:
+        if bar is not None:
+            bar.set_postfix_str(f"{Path(run_dir).name} step {step}")
         try:
             model = load_model(ckpt)
         except CheckpointError as e:
@@ -215,6 +216,8 @@ def evaluate_run(
         row |= score_images(images, labels, ref, extractor, judge, s)
         rows.append(row)
         latest = model
+        if bar is not None:
+            bar.update()
     cfg = latest.config
     return {
         "run_dir": str(run_dir),

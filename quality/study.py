@@ -20,7 +20,7 @@ from typing import Any
 from ganforge.checkpoint import list_checkpoints
 from ganforge.rundir import RunDir
 
-DEFAULT_VARIANTS = ("dcgan", "cdcgan", "wgan", "wgan-gp", "cwgan-gp")
+DEFAULT_VARIANTS = ("dcgan", "cdcgan", "wgan", "wgan-gp", "cwgan-gp", "stylegan2", "cstylegan2")
 
 
 @dataclass
@@ -117,12 +117,13 @@ def _train_unfinished(plans: list[StudyPlan], configs: dict, progress: bool) -> 
     """Train every planned run that has not reached its step count (resuming where it can)."""
     from ganforge.cluster.launch import run_training
 
-    for p in plans:
+    for i, p in enumerate(plans, 1):
+        at = f"[{i}/{len(plans)}] {p.variant}"  # each run's own bar below shows its ETA
         if p.finished:
-            print(f"{p.variant}: reusing {p.run_dir} (step {p.done_steps} >= {p.max_steps})")
+            print(f"{at}: reusing {p.run_dir} (step {p.done_steps} >= {p.max_steps})")
             continue
         print(
-            f"{p.variant}: training {p.max_steps} generator steps "
+            f"{at}: training {p.max_steps} generator steps "
             f"(n_critic={p.n_critic}, from step {p.done_steps})"
         )
         run_training(configs[p.variant], resume=None, show_progress=progress)

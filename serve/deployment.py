@@ -54,6 +54,8 @@ class Latent:
     model: str
     z: torch.Tensor
     label: int | None
+    truncation: float | None = None
+    """psi toward the mean w (models that truncate in w; their z is not truncated)."""
 
 
 @serve.deployment(name="ganforge")
@@ -124,11 +126,14 @@ class GanforgeServer:
                 if items[idx[0]].label is None
                 else torch.tensor([items[i].label for i in idx], dtype=torch.long)
             )
+            psi = None
+            if any(items[i].truncation is not None for i in idx):  # 1 = untruncated
+                psi = torch.tensor([items[i].truncation or 1.0 for i in idx])
             t0 = time.perf_counter()
             try:
                 # Inline on the event loop, like a bare Serve deployment: measured on 2 CPU cores,
                 # a worker thread (asyncio.to_thread) lost 10-30% throughput to contention.
-                images = self.pool.generate(name, z, labels)
+                images = self.pool.generate(name, z, labels, psi)
             except torch.OutOfMemoryError as e:
                 # Transient by nature: too much at once. The client retries after Retry-After.
                 log.warning("model %s: out of memory on a batch of %d images: %s", name, len(z), e)
@@ -159,7 +164,7 @@ class GanforgeServer:
         plan = self.pool.plan(body, self.args.max_images_per_request)
         n, labels = len(plan.z), plan.labels
         items = [
-            Latent(body.model, z, None if labels is None else labels[i])
+            Latent(body.model, z, None if labels is None else labels[i], plan.truncation)
             for i, z in enumerate(plan.z.unbind())
         ]
         if n == 1:  # the usual case: no gather

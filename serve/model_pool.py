@@ -78,6 +78,12 @@ class ServedModel:
     def class_names(self) -> list[str]:
         return self.loaded.classes or [str(i) for i in range(self.num_classes)]
 
+    @property
+    def truncates_in_w(self) -> bool:
+        """The generator truncates toward its tracked mean w itself (`truncation_space = "w"`,
+        StyleGAN2); other generators get truncated z."""
+        return getattr(self.generator, "truncation_space", "z") == "w"
+
     def info(self) -> ModelInfo:
         m = self.loaded.config.model
         return ModelInfo(
@@ -124,6 +130,7 @@ class GenerationPlan:
     seed: int
     z: torch.Tensor  # [N, z_dim] float32 on CPU
     labels: list[int] | None  # N class indices, None for unconditional models
+    truncation: float | None = None  # psi for a generator that truncates in w, else None
 
 
 def sample_latents(
@@ -206,8 +213,17 @@ class ModelPool:
         # replica's event loop): each torch call on the request path releases the GIL, which a
         # busy replica then has to win back.
         gen = self._gen.manual_seed(seed)
+        psi = req.truncation if model.truncates_in_w else None
+        if psi is not None and psi > 1:
+            raise ApiError(
+                422,
+                f"truncation for model {req.model!r} is psi in (0, 1] (w = w_avg + psi * (w - "
+                f"w_avg)); got {psi}",
+            )
         # Fixed draw order (z first, then any random labels) keeps a seed's meaning stable.
-        z = sample_latents(count, model.generator.z_dim, gen, req.truncation)
+        z = sample_latents(
+            count, model.generator.z_dim, gen, None if model.truncates_in_w else req.truncation
+        )
         labels = None
         if model.num_classes:
             labels = (
@@ -215,14 +231,25 @@ class ModelPool:
                 if given is not None
                 else torch.randint(model.num_classes, (count,), generator=gen).tolist()
             )
-        return GenerationPlan(model, seed, z, labels)
+        return GenerationPlan(model, seed, z, labels, psi)
 
     @torch.inference_mode()
-    def generate(self, name: str, z: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
-        """z [N, z_dim] (+ labels [N] int64) -> images [N, C, H, W] float in [-1, 1] on CPU."""
+    def generate(
+        self,
+        name: str,
+        z: torch.Tensor,
+        labels: torch.Tensor | None,
+        truncation: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """z [N, z_dim] (+ labels [N] int64) -> images [N, C, H, W] float in [-1, 1] on CPU.
+
+        `truncation` [N] (psi per image, 1 = none) only for a model with `truncates_in_w`."""
         model = self.get(name)
         lab = labels.to(self.device) if labels is not None else None
-        return model.generator(z.to(self.device), lab).float().cpu()
+        if truncation is None:
+            return model.generator(z.to(self.device), lab).float().cpu()
+        psi = truncation.to(self.device)
+        return model.generator(z.to(self.device), lab, truncation=psi).float().cpu()
 
     @torch.inference_mode()
     def score(self, name: str, images: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:

@@ -157,8 +157,9 @@ class GenerateRequest(_Strict):
     seed: StrictInt | None = Field(None, ge=0, le=2**63 - 1)
     """Same seed, same model, same request -> same images. Omitted: a random seed (returned)."""
     truncation: StrictFloat | None = Field(None, gt=0, le=10)
-    """Truncation trick: latents drawn from a normal truncated to [-t, t] (lower t = less variety,
-    more typical images)."""
+    """Truncation trick (lower = less variety, more typical images). StyleGAN2 models: psi in
+    (0, 1], w moved toward the tracked mean w (w_avg + psi (w - w_avg)); other models: latents
+    drawn from a normal truncated to [-t, t]."""
     format: Literal["png", "grid", "npy"] = "png"
     """png: JSON with base64 PNGs; grid: one image/png; npy: numpy .npy of uint8 [N, H, W, C]."""
     nrow: StrictInt | None = Field(None, ge=1, le=64)

@@ -7,6 +7,7 @@ set before triton is first imported, hence here, at collection time.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -37,6 +38,49 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip_gpu)
+
+
+@pytest.fixture(scope="session")
+def _gloo_group():
+    """A one-rank gloo process group for the whole session. DeepSpeed keeps references to the
+    first group it sees, so a second group in the same process breaks it ("Group ... is not
+    registered"): every module that builds engines in the pytest process shares this one."""
+    import socket
+
+    import torch.distributed as dist
+
+    from ganforge.cluster.engines import init_deepspeed_comm
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with _rank_env():
+        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+        init_deepspeed_comm(gpu=False)  # as each worker does: no shm_comm build (1-2 min)
+    yield
+    dist.destroy_process_group()
+
+
+@contextlib.contextmanager
+def _rank_env():
+    """The rank variables Ray Train sets on its workers (DeepSpeed reads LOCAL_RANK), restored."""
+    saved = {k: os.environ.get(k) for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE")}
+    os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1")
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@pytest.fixture(scope="module")
+def deepspeed_group(_gloo_group):
+    """Rank 0 of the session's gloo group, with the rank variables set while the module runs."""
+    with _rank_env():
+        yield
 
 
 @pytest.fixture(scope="session")

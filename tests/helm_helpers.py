@@ -83,7 +83,9 @@ CASES: dict[str, dict[str, Any]] = {
         "train": {"workers": {"gpus": 0, "replicas": 3, "tolerations": []}},
         "serve": {"enabled": True, "gpusPerReplica": 0, "workers": {"gpus": 0, "tolerations": []}},
     },
-    "gpu1": {"train": {"workers": {"gpus": 1, "replicas": 4}}},
+    "gpu1": {
+        "train": {"workers": {"gpus": 1, "replicas": 4}, "startTimeoutS": 900, "maxFailures": -1}
+    },
     "gpu8-bf16": {
         "train": {
             "workers": {

@@ -8,7 +8,20 @@ from ganforge.config import ConfigError, load_config, parse_override, resolve_co
 from ganforge.models import VARIANTS, check_recipe
 
 
-@pytest.mark.parametrize("name", ["dcgan", "cdcgan", "wgan", "wgan-gp", "cwgan-gp", "demo"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "dcgan",
+        "cdcgan",
+        "wgan",
+        "wgan-gp",
+        "cwgan-gp",
+        "stylegan2",
+        "cstylegan2",
+        "demo",
+        "demo-cifar10",
+    ],
+)
 def test_shipped_configs_are_valid_recipes(name):
     cfg = load_config(resolve_config_path(name))
     assert cfg.model.variant in VARIANTS
@@ -39,7 +52,7 @@ def test_overrides_apply_and_are_validated():
     with pytest.raises(ConfigError):
         parse_override("no-equals-sign")
     with pytest.raises(ConfigError, match="precision"):
-        load_config(None, {"train.precision": "bf16"})  # bf16 needs --gpu
+        load_config(None, {"train.precision": "fp16"})  # fp16 needs --gpu (tests/test_precision.py)
 
 
 def test_missing_config_is_clear():
@@ -64,7 +77,9 @@ def test_weight_clipping_is_refused_where_deepspeed_would_undo_it():
     assert load_config(resolve_config_path("wgan"), {"train.zero_stage": 0}).loss.clip_value
 
 
-@pytest.mark.parametrize("name", ["dcgan", "cdcgan", "wgan", "wgan-gp", "cwgan-gp"])
+@pytest.mark.parametrize(
+    "name", ["dcgan", "cdcgan", "wgan", "wgan-gp", "cwgan-gp", "stylegan2", "cstylegan2"]
+)
 def test_shipped_configs_follow_their_variants_recipe(name):
     """configs/<variant>.yaml and the spec's n_critic, optimisers and regulariser defaults agree;
     the spec's recipe alone is a valid config."""

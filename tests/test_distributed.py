@@ -101,6 +101,7 @@ def _corrupt_first_image(shard) -> None:
             tar.addfile(m, io.BytesIO(data))
 
 
+@pytest.mark.e2e
 @pytest.mark.timeout(420)
 def test_one_pass_data_with_a_corrupt_sample_ends_together_on_every_rank(
     tmp_path_factory, tmp_path, ray_cluster
@@ -160,10 +161,11 @@ def _poll_metrics(port: int, scrapes: list, stop: threading.Event) -> None:
         time.sleep(0.1)
 
 
+@pytest.mark.e2e
 def test_killed_worker_restarts_from_checkpoint_and_finishes(shards, tmp_path, ray_cluster):
-    from tests.test_engines import _free_port
+    from tests.serve_helpers import free_port
 
-    port = _free_port()
+    port = free_port()
     cfg = tiny_config(
         "wgan-gp",
         shards,
@@ -211,6 +213,7 @@ def test_killed_worker_restarts_from_checkpoint_and_finishes(shards, tmp_path, r
     assert all(b > 2 for b in again), f"the restart did not resume from a checkpoint: {steps}"
 
 
+@pytest.mark.e2e
 def test_corrupt_latest_checkpoint_is_skipped(shards, tmp_path, ray_cluster):
     run = run_training(
         tiny_config("dcgan", shards, tmp_path / "c", **{"train.max_steps": 4}), show_progress=False
@@ -233,10 +236,11 @@ def test_corrupt_latest_checkpoint_is_skipped(shards, tmp_path, ray_cluster):
         )
 
 
+@pytest.mark.e2e
 def test_prometheus_metrics_on_rank0(shards, tmp_path, ray_cluster):
-    from tests.test_engines import _free_port
+    from tests.serve_helpers import free_port
 
-    port = _free_port()
+    port = free_port()
     cfg = tiny_config(
         "dcgan",
         shards,

@@ -3,17 +3,16 @@ generator step leaves D untouched, the critic step leaves G untouched, EMA and s
 and a variant registered from outside (a toy hinge-loss one) trains with the engines untouched.
 
 One process group per test session: DeepSpeed keeps references to the groups it saw, so a second
-group in the same process breaks it. Tests that need the engines therefore live in this module.
+group in the same process breaks it. Modules that build engines in the pytest process (this one,
+tests/test_precision.py) share the session's group through the `deepspeed_group` fixture.
 """
 
 from __future__ import annotations
 
-import socket
 from collections import Counter
 
 import pytest
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
@@ -30,34 +29,10 @@ from ganforge.models.losses import GANLoss
 from ganforge.models.regularisers import CriticBatch, Penalty, Regulariser, WeightClipping
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module", autouse=True)
-def process_group():
-    import os
-
-    import deepspeed
-
-    # What Ray Train's TorchConfig sets on its workers; DeepSpeed reads LOCAL_RANK.
-    saved = {k: os.environ.get(k) for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE")}
-    os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1")
-    dist.init_process_group(
-        "gloo", init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1
-    )
-    deepspeed.init_distributed(
-        dist_backend="gloo", auto_mpi_discovery=False, dist_init_required=False
-    )
+def process_group(deepspeed_group):
+    """The session's one gloo group (tests/conftest.py), shared with tests/test_precision.py."""
     yield
-    dist.destroy_process_group()
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
 
 
 def _cfg(variant: str, **train) -> GanforgeConfig:
@@ -107,6 +82,16 @@ def test_each_variant_steps_and_isolates_gradients(variant):
     )
     assert all(p.requires_grad for p in gan.d.parameters())
     assert any(not torch.equal(a, b) for a, b in zip(g_before, _params(gan.g), strict=True))
+
+
+def test_lazy_r1_runs_every_k_critic_steps():
+    """StyleGAN2's lazy R1 through the engines: on critic steps 0, k, 2k, ... only."""
+    cfg = _cfg("stylegan2")
+    cfg.loss.r1_every = 3
+    gan = GANEngines(cfg, torch.device("cpu"), rank=0, world_size=1)
+    real, labels = _batch()
+    due = [gan.critic_step(real, labels).gp is not None for _ in range(7)]
+    assert due == [True, False, False, True, False, False, True]
 
 
 def test_ema_tracks_generator():
@@ -217,26 +202,46 @@ def test_rank_state_holds_only_tensors_and_plain_data(tmp_path):
     assert expected[2] == got[2]
 
 
-def test_a_stale_deepspeed_build_lock_is_reported(tmp_path, monkeypatch, caplog):
-    """A build killed mid-way leaves torch's FileBaton lock; later starts would hang silently."""
+# A gloo group of one, then ganforge's DeepSpeed comm set-up, behind a lock file left by a killed
+# build of DeepSpeed's shm_comm op (torch's FileBaton: DeepSpeed would wait on it forever).
+_COMM_SETUP = """
+import os, socket
+from pathlib import Path
+import torch, torch.distributed as dist
+from torch.utils.cpp_extension import _get_build_directory
+lock = Path(_get_build_directory("deepspeed_shm_comm", verbose=False)) / "lock"
+lock.parent.mkdir(parents=True, exist_ok=True)
+lock.touch()
+with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1")
+dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+from ganforge.cluster.engines import init_deepspeed_comm
+init_deepspeed_comm(gpu=False)
+import deepspeed.comm
+x = torch.ones(3)
+deepspeed.comm.all_reduce(x)
+print("reduced", x.tolist())
+"""
+
+
+def test_cpu_comm_setup_neither_builds_nor_waits_for_deepspeeds_shm_op(tmp_path):
+    """DeepSpeed JIT-builds its shm_comm op on a machine's first CPU start (1-2 minutes), and a
+    build killed mid-way leaves a lock on which every later start hangs. ganforge's set-up needs
+    neither: with a stale lock planted in a fresh extensions folder it finishes, builds nothing,
+    and the all-reduce works."""
     import os
-    import time
+    import subprocess
+    import sys
 
-    import torch.utils.cpp_extension as ext
-
-    from ganforge.cluster.engines import STALE_BUILD_LOCK_S, warn_stale_build_lock
-
-    monkeypatch.setattr(ext, "_get_build_directory", lambda name, verbose: str(tmp_path / name))
-    assert warn_stale_build_lock() is None  # no lock: nothing to say
-    lock = tmp_path / "deepspeed_shm_comm" / "lock"
-    lock.parent.mkdir()
-    lock.touch()
-    assert warn_stale_build_lock() is None  # a build in progress
-    old = time.time() - STALE_BUILD_LOCK_S - 60
-    os.utime(lock, (old, old))
-    with caplog.at_level("WARNING", logger="ganforge.train"):
-        assert warn_stale_build_lock() == lock
-    assert f"delete {lock.parent}" in caplog.text
+    env = os.environ | {"TORCH_EXTENSIONS_DIR": str(tmp_path)}
+    res = subprocess.run(
+        [sys.executable, "-c", _COMM_SETUP], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "reduced [1.0, 1.0, 1.0]" in res.stdout
+    assert [p.name for p in tmp_path.rglob("*") if p.is_file()] == ["lock"]  # nothing built
 
 
 # -- a variant registered from outside: what a new models/variant_<family>.py holds ----------------

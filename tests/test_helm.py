@@ -160,7 +160,7 @@ def test_gpu_counts_reach_pods_and_entrypoint(
     "case", ["defaults", "gpu8-bf16", "object-store", "object-store-runs", "config-file"]
 )
 def test_entrypoint_yields_a_valid_training_config(helm: str, tmp_path: Path, case: str) -> None:
-    from ganforge.config import load_config, parse_override, resolve_config_path
+    from ganforge.config import cli_overrides, load_config, resolve_config_path
 
     values = merged(case)
     docs = render(helm, CASES[case], tmp_path)
@@ -170,15 +170,15 @@ def test_entrypoint_yields_a_valid_training_config(helm: str, tmp_path: Path, ca
     run_dir = f"{runs}/runs/{values['train']['name']}"
     assert str(params["run_dir"]) == run_dir
     assert params["data"] == (values["data"]["urls"] or None)
-    # The same precedence as `ganforge train`: --set first, then the dedicated flags.
-    overrides = dict(parse_override(s) for s in params["set_"])
-    overrides |= {
+    # The same precedence as `ganforge train`: --set first, then the dedicated flags given.
+    flags = {
         "data.urls": params["data"],
         "run_dir": str(params["run_dir"]),
         "cluster.num_workers": params["num_workers"],
         "cluster.gpu": params["gpu"],
         "cluster.cpus_per_worker": params["cpus_per_worker"],
     }
+    overrides = cli_overrides(params["set_"], flags)
     if values["train"]["variant"]:
         config_path = resolve_config_path(params["config"])
     else:
@@ -194,6 +194,8 @@ def test_entrypoint_yields_a_valid_training_config(helm: str, tmp_path: Path, ca
     assert cfg.name == values["train"]["name"]
     assert cfg.cluster.gpu is (values["train"]["workers"]["gpus"] > 0)
     assert cfg.cluster.metrics_port == values["train"]["metricsPort"]
+    assert cfg.cluster.max_failures == values["train"]["maxFailures"]
+    assert cfg.cluster.start_timeout_s == (values["train"]["startTimeoutS"] or None)
     for section, keys in values["train"]["config"].items():
         for key, value in keys.items():
             assert getattr(getattr(cfg, section), key) == value, (section, key)
@@ -471,14 +473,21 @@ def test_podmonitors_target_named_metrics_ports(helm: str, tmp_path: Path) -> No
     assert ports["metrics"] == {8080} and ports["train-metrics"] == {9100}
 
 
-def test_dashboard_configmap_follows_the_file(helm: str, tmp_path: Path) -> None:
+def test_dashboard_configmap_follows_the_files(helm: str, tmp_path: Path) -> None:
+    docs = render(helm, {}, tmp_path)
+    (cm,) = [d for d in by_kind(docs, "ConfigMap") if "dashboard" in d["metadata"]["name"]]
+    titles = {k: json.loads(v)["title"] for k, v in cm["data"].items()}
+    assert titles == {
+        "ganforge-serve.json": "ganforge serving",
+        "ganforge-train.json": "ganforge training",
+    }
     chart = tmp_path / "chart"
     shutil.copytree(CHART, chart)
-    dash = chart / "dashboards" / "ganforge-serve.json"
-    dash.unlink(missing_ok=True)
+    for dash in (chart / "dashboards").glob("*.json"):
+        dash.unlink()
     docs = render(helm, {}, tmp_path, chart)
     assert not [d for d in by_kind(docs, "ConfigMap") if "dashboard" in d["metadata"]["name"]]
-    dash.parent.mkdir(exist_ok=True)
+    dash = chart / "dashboards" / "ganforge-serve.json"
     dash.write_text(json.dumps({"title": "ganforge serving", "panels": []}))
     docs = render(helm, {}, tmp_path, chart)
     (cm,) = [d for d in by_kind(docs, "ConfigMap") if "dashboard" in d["metadata"]["name"]]

@@ -14,7 +14,8 @@ import torch
 from ganforge.kernels import dispatch
 
 KERNELS_DIR = Path(__file__).resolve().parents[1] / "kernels"
-# torch, triton, the package itself and a few standard-library modules.
+# torch, triton, the package itself and a few standard-library modules (the rest for autotune:
+# its cache lock, timing and the log line of each choice).
 ALLOWED_KERNEL_IMPORTS = {
     "torch",
     "triton",
@@ -23,6 +24,12 @@ ALLOWED_KERNEL_IMPORTS = {
     "collections",
     "functools",
     "os",
+    "contextlib",
+    "logging",
+    "statistics",
+    "threading",
+    "time",
+    "typing",
 }
 
 

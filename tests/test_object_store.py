@@ -26,6 +26,7 @@ from ganforge.checkpoint import CheckpointError
 from ganforge.models import load_model
 from ganforge.quality.evaluate import select_checkpoints
 from ganforge.storage import RemoteRun, mirror_path
+from tests.serve_helpers import free_port
 from tests.train_helpers import pack
 
 pytestmark = pytest.mark.slow
@@ -42,16 +43,10 @@ SETS = {
 }
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def s3(tmp_path_factory):
     """A moto S3 server with bucket `runs`; yields the environment a client needs."""
-    port = _free_port()
+    port = free_port()
     env = {
         "AWS_ACCESS_KEY_ID": "testing",
         "AWS_SECRET_ACCESS_KEY": "testing",

@@ -71,6 +71,9 @@ def test_eval_end_to_end(setup):
         "checks",
     )
     assert res.exit_code == 0, res.output
+    # One progress bar over the 3 checkpoints of both runs, then the one-screen summary.
+    assert "eval: 100%" in res.output and "3/3" in res.output, res.output
+    assert "ganforge eval" in res.output and "report.md" in res.output
     for name in (
         "report.md",
         "report.html",

@@ -40,6 +40,7 @@ RUN_NAMES = {
     "quality",
     ".launches",
     "pids",
+    "placement",
     ".restore",
     "ganforge.json",
     "weights.pt",
@@ -51,6 +52,10 @@ NOT_RUN_NAMES = {
     ("data/commands.py", "samples"): "a column of the manifest table",
     ("quality/commands.py", "quality"): "the name of the `ganforge quality` command group",
     ("bench/common.py", "deepspeed"): "a module whose version the benchmark records",
+    ("cluster/run_logging.py", "samples"): "the TensorBoard image tag of the sample grids",
+    ("cluster/summary.py", "samples"): "a row label of the end-of-run summary",
+    ("bench/first_start.py", "deepspeed"): "a way of building the comm op that the bench times",
+    ("bench/kernel_launches.py", "samples"): "the kind of launch (sample grid) a problem counts",
 }
 
 
@@ -151,6 +156,7 @@ def test_layout_of_a_local_run(tmp_path):
     assert run.sample_grid(40) == tmp_path / "run" / "samples" / "step-000040.png"
     assert run.launch_counter("abc") == tmp_path / "run" / ".launches" / "abc"
     assert run.pid_file(1) == tmp_path / "run" / "pids" / "rank-1"
+    assert run.placement_log(1) == tmp_path / "run" / "placement" / "rank-1.jsonl"
     assert run.restore_dir(1) == tmp_path / "run" / ".restore" / "rank-1"
 
     ckpt = run.checkpoint(40)

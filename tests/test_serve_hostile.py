@@ -376,8 +376,8 @@ def test_the_page_asks_for_the_class_the_user_picked(inproc):
     menu = _page_functions(
         """
         const m = JSON.parse(process.argv[1]);
-        const entries = classOptions(m).slice(1).map(([label, value]) =>
-          [label, generateQuery(m.name, value, "3", "7")]);
+        const entries = classOptions(m).filter(([, value]) => value !== "" && value !== "all")
+          .map(([label, value]) => [label, generateQuery(m, value, "3", "7", "")]);
         console.log(JSON.stringify(entries));
         """,
         {"name": "num", "conditional": True, "classes": NUMERIC_CLASSES},
@@ -387,7 +387,7 @@ def test_the_page_asks_for_the_class_the_user_picked(inproc):
         r = inproc.request("GET", f"/v1/generate?{query}")
         assert r.status_code == 200 and r.headers["content-type"] == "image/png", r.text
         picked = [NUMERIC_CLASSES[int(i)] for i in r.headers["x-ganforge-labels"].split(",")]
-        assert picked == [name] * 3, query
+        assert picked == [name] * 9, query  # a 3 x 3 grid of the picked class
 
 
 # --- nothing from inside the server in a response -------------------------------------------

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from ganforge.checkpoint import list_checkpoints
-from tests.test_engines import _free_port
+from tests.serve_helpers import free_port
 from tests.train_helpers import pack, tiny_config
 
 pytestmark = pytest.mark.slow
@@ -33,7 +33,7 @@ def head(tmp_path_factory):
 
     if ray.is_initialized():
         ray.shutdown()
-    port, dash = _free_port(), _free_port()
+    port, dash = free_port(), free_port()
     # Like a user who activated the virtualenv before `ray start`: jobs inherit the head's PATH,
     # and `ganforge submit` runs the `ganforge` found there (as in the Docker image).
     path = f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"
