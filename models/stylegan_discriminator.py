@@ -40,10 +40,12 @@ class MinibatchStdDev(nn.Module):
         n, c, h, w = x.shape
         if self.training:
             g = _group_size(n, self.group_size)
-            y = x.reshape(g, -1, c, h, w)  # group k holds samples k, k + n/g, ...
+            # In fp32 whatever the input: in fp16 the 1e-8 underflows to 0, and the sqrt's
+            # gradient at a zero variance is inf (NaN after the scaler). A no-op for fp32 inputs.
+            y = x.float().reshape(g, -1, c, h, w)  # group k holds samples k, k + n/g, ...
             y = (y - y.mean(dim=0)).square().mean(dim=0)
             y = (y + 1e-8).sqrt().mean(dim=(1, 2, 3))  # [n/g]
-            y = y.reshape(-1, 1, 1, 1).repeat(g, 1, h, w)
+            y = y.reshape(-1, 1, 1, 1).repeat(g, 1, h, w).to(x.dtype)
             with torch.no_grad():  # first updates average, then an EMA
                 weight = max(self.momentum, 1.0 / float(self.std_updates + 1))
                 self.std_avg.lerp_(y.detach().mean().to(self.std_avg.dtype), weight)

@@ -154,6 +154,19 @@ def test_minibatch_stddev_couples_training_batches_but_not_eval_scores():
     assert d.mbstd.std_updates == 2 and d.mbstd.std_avg > 0
 
 
+def test_minibatch_stddev_of_identical_fp16_samples_has_a_finite_gradient():
+    """A group of identical images has zero variance: in fp16 the 1e-8 under the sqrt used to
+    underflow, and sqrt's gradient at 0 is inf. The statistic is computed in fp32."""
+    from ganforge.models.stylegan_discriminator import MinibatchStdDev
+
+    layer = MinibatchStdDev(group_size=4)
+    x = torch.rand(1, 8, 4, 4).repeat(4, 1, 1, 1).half().requires_grad_()
+    y = layer(x)
+    assert y.dtype == torch.float16 and y.shape == (4, 9, 4, 4)
+    y.float().sum().backward()
+    assert torch.isfinite(x.grad).all()
+
+
 # --- truncation toward the tracked mean w ----------------------------------------------------
 
 
