@@ -149,19 +149,29 @@ def test_demo_draws_every_class_and_serves_it(judge, tmp_path):
     url = f"http://127.0.0.1:{port}"
     try:
         _wait_serving(proc, log, url)
+        # The proxy may answer /healthz a moment before `serve.run` returns and the line is out.
+        _wait_for_line(proc, log, f"ganforge serving demo at {url}/")
         assert "already holds the finished demo" in log.read_text()
-        assert f"ganforge serving demo at {url}/" in log.read_text()
         models = httpx.get(f"{url}/v1/models", timeout=30).json()
         assert models["models"][0]["classes"] == list(CLASSES), models
         body = {"model": "demo", "class": "star", "count": 4, "format": "grid", "seed": 3}
         res = httpx.post(f"{url}/v1/generate", json=body, timeout=60)
         assert res.status_code == 200, res.text
         assert Image.open(io.BytesIO(res.content)).format == "PNG"
-        os.killpg(proc.pid, signal.SIGTERM)
+        proc.send_signal(signal.SIGTERM)  # to the command, as systemd and Kubernetes stop it
         assert proc.wait(timeout=120) == 0, log.read_text()[-3000:]
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
+
+
+def _wait_for_line(proc: subprocess.Popen, log: Path, line: str, timeout: float = 60) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while line not in log.read_text():
+        assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+        time.sleep(0.5)
 
 
 def _wait_serving(proc: subprocess.Popen, log: Path, url: str, timeout: float = 300) -> None:
