@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import math
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -42,10 +41,3 @@ def array_to_png(arr: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(arr[..., 0] if arr.shape[-1] == 1 else arr).save(buf, format="PNG")
     return buf.getvalue()
-
-
-def save_grid(images: torch.Tensor, path: str | Path, nrow: int | None = None) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(array_to_png(make_grid(images, nrow)))
-    return path
