@@ -80,7 +80,8 @@ def marker_meta(
 
 
 def find_resume_point(run: RunDir, rank: int) -> Path | None:
-    """Rank 0 picks the newest checkpoint that verifies (Ray's latest first); all ranks agree."""
+    """Rank 0 picks the newest checkpoint that verifies (Ray's registered one among the run's,
+    by step: the same rule as the no-capacity error's message); all ranks agree."""
     import ray.train
 
     if run.store is not None:

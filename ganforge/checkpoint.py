@@ -99,17 +99,35 @@ def list_checkpoints(ckpt_root: Path) -> list[tuple[int, Path]]:
     return sorted(found, key=lambda t: (t[0], t[1].name), reverse=True)
 
 
+def _marker_step(d: Path) -> int:
+    """The step a checkpoint dir's marker names; -1 (tried last) when it has none."""
+    try:
+        return int(read_marker(d)["step"])
+    except (CheckpointError, KeyError, ValueError, TypeError):
+        return -1
+
+
 def latest_valid(
     ckpt_root: Path,
     candidates: list[Path] | None = None,
     only: set[str] | None = None,
     fetch: Callable[[Path], None] | None = None,
 ) -> Path | None:
-    """The newest checkpoint that verifies; corrupt or partial ones are skipped with a warning.
+    """The newest checkpoint (by the step in its marker) that verifies; corrupt or partial ones
+    are skipped with a warning. `candidates` (Ray Train's registered checkpoint) join the dirs
+    below `ckpt_root` in that same step order: Ray's registry can lag the folder (a node lost
+    after a newer checkpoint was complete), and a resume must start where the error said it would.
     `fetch(dir)` runs before each verification (downloads from an object store, newest first,
     so the older checkpoints are fetched only when the newer ones fail)."""
-    ordered = [p for p in (candidates or []) if p is not None]
-    ordered += [d for _, d in list_checkpoints(ckpt_root) if d not in ordered]
+    listed = list_checkpoints(ckpt_root)
+    extra = [Path(p) for p in (candidates or []) if p is not None]
+    extra = [p for p in extra if all(p != d for _, d in listed)]
+    ordered = [
+        d
+        for _, d in sorted(
+            listed + [(_marker_step(p), p) for p in extra], key=lambda t: t[0], reverse=True
+        )
+    ]
     for d in ordered:
         try:
             if fetch is not None:

@@ -289,3 +289,19 @@ def test_a_missing_weights_file_names_the_checkpoint(store_run):
     run.pull_markers()
     with pytest.raises(StorageError, match=r"checkpoints/step-000020: has no weights.pt"):
         run.pull_weights("step-000020")
+
+
+def test_a_registered_checkpoint_older_than_the_folder_does_not_win(tmp_path):
+    """Ray Train's registry can lag the run folder (a node lost after step 20 was complete): the
+    resume point is the newest checkpoint that verifies, wherever it is listed; a newer partial
+    one is skipped."""
+    run = RunDir(tmp_path / "run")
+    old, new, partial = _checkpoint(run, 10), _checkpoint(run, 20), _checkpoint(run, 30)
+    partial.rank_state(0).unlink()
+    assert latest_valid(run.checkpoints, [old.path]) == new.path
+    outside = RunDir(tmp_path / "elsewhere")  # a registered dir outside the folder joins by step
+    assert (
+        latest_valid(run.checkpoints, [_checkpoint(outside, 40).path])
+        == outside.checkpoint(40).path
+    )
+    assert latest_valid(run.checkpoints, [tmp_path / "no-marker"]) == new.path
