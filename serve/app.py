@@ -48,16 +48,20 @@ def build_app(args: dict[str, Any]) -> serve.Application:
     """Application builder for `serve run ganforge.serve.app:build_app` and configs/serve.yaml.
 
     Validates the arguments and (unless `validate_on_build: false`) loads every checkpoint once,
-    so a corrupt or mismatched one fails here with `CheckpointError` naming the model, and reads
-    the API token (an unreadable or empty `api_token_file` raises ValueError). Replicas read the
-    token again when they start: the file (or GANFORGE_API_TOKEN) must be there too.
+    so a corrupt or mismatched one fails here with `CheckpointError` naming the model, loads the
+    `detector` (a bad one raises `DetectorError`, a ValueError), and reads the API token (an
+    unreadable or empty `api_token_file` raises ValueError). Replicas read the token and the
+    detector again when they start: those files (or GANFORGE_API_TOKEN) must be there too.
     """
     from ganforge.checkpoint import CheckpointError
     from ganforge.models import load_model
+    from ganforge.models.detector import load_detector
 
     a = parse_args(args)
     if a.validate_on_build:
         read_api_token(a.api_token_file)
+        if a.detector is not None:
+            load_detector(a.detector)  # DetectorError (a ValueError) says what is wrong
         for name, path in a.models.items():
             try:
                 load_model(path)

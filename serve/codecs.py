@@ -111,7 +111,14 @@ def _refuse_format(data: bytes, name: str) -> ApiError:
 
 
 def decode_upload(data: bytes, filename: str | None, resolution: int, channels: int):
-    """A PNG/JPEG upload -> ([C, H, W] float in [-1, 1], resized?) at the model's shape.
+    """A PNG/JPEG upload -> ([C, H, W] float in [-1, 1], resized?) at the model's shape
+    (`decode_upload_uint8`, scaled as the generators' outputs are)."""
+    arr, resized = decode_upload_uint8(data, filename, resolution, channels)
+    return arr.float() / 127.5 - 1.0, resized
+
+
+def decode_upload_uint8(data: bytes, filename: str | None, resolution: int, channels: int):
+    """A PNG/JPEG upload -> ([C, H, W] uint8, resized?) at the model's shape.
 
     Blocking (decode, convert, resize): call it off the event loop. Only Pillow's PNG and JPEG
     decoders ever run: anything else is a 415 before any decoding. A header declaring more than
@@ -144,5 +151,4 @@ def decode_upload(data: bytes, filename: str | None, resolution: int, channels: 
         raise ApiError(415, f"{name}: not a readable PNG or JPEG image") from None
     resized = (width, height) != (resolution, resolution) or mode != img.mode
     arr = np.asarray(img, dtype=np.uint8).reshape(resolution, resolution, channels)
-    x = torch.from_numpy(arr.copy()).permute(2, 0, 1).float() / 127.5 - 1.0
-    return x, resized
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1), resized

@@ -81,6 +81,12 @@ def serve_cmd(
     ),
     max_queued_requests: int = app_option("max_queued_requests"),
     num_cpus: float = app_option("num_cpus"),
+    detector: str | None = app_option(
+        "detector",
+        "--detector",
+        help="A deepfake detector from `ganforge detect train` (its .pt; the .json record beside "
+        "it): served at POST /v1/detect, its validation figures in /v1/models.",
+    ),
     api_token_file: str | None = app_option(
         "api_token_file",
         "--api-token-file",
@@ -90,7 +96,8 @@ def serve_cmd(
 ) -> None:
     """Serve trained generators over HTTP (Ray Serve) until Ctrl-C.
 
-    Routes: / (web page), /v1/generate, /v1/models, /v1/score, /healthz, /docs.
+    Routes: / (web page), /v1/generate, /v1/models, /v1/score, /v1/detect (with --detector),
+    /healthz, /docs.
     """
     import os
 
@@ -105,7 +112,8 @@ def serve_cmd(
         "max_ongoing_requests": max_ongoing_requests,
         "max_queued_requests": max_queued_requests,
         "num_cpus": num_cpus,
-        # Absolute: the replicas read it, from their own working directory.
+        # Absolute: the replicas read them, from their own working directory.
+        "detector": detector and os.path.abspath(detector),
         "api_token_file": api_token_file and os.path.abspath(api_token_file),
     }
     from ganforge.checkpoint import CheckpointError

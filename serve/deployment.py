@@ -26,6 +26,7 @@ from ganforge.images import to_uint8
 from ganforge.models import get_variant
 from ganforge.serve import codecs
 from ganforge.serve.auth import read_api_token
+from ganforge.serve.detection import DETECT_CAVEAT, ServedDetector, detections
 from ganforge.serve.handling import SCORE_CAVEAT, generate_response, score_images
 from ganforge.serve.metrics import get_metrics
 from ganforge.serve.model_pool import ModelPool, ServedModel
@@ -33,6 +34,7 @@ from ganforge.serve.routes import build_http_app
 from ganforge.serve.schemas import (
     ApiError,
     AppArgs,
+    DetectResponse,
     GenerateRequest,
     ModelsResponse,
     Score,
@@ -71,6 +73,9 @@ class GanforgeServer:
         if device == "cpu":
             torch.set_num_threads(max(1, int(self.args.num_cpus)))
         self.pool = ModelPool(self.args.models, device, warmup_batch=self.args.max_batch_size)
+        self.detector = (
+            None if self.args.detector is None else ServedDetector(self.args.detector, device)
+        )
         self._run_batch.set_max_batch_size(self.args.max_batch_size)
         self._run_batch.set_batch_wait_timeout_s(self.args.batch_wait_timeout_s)
         self.metrics = get_metrics()
@@ -96,7 +101,10 @@ class GanforgeServer:
         return list(self.pool.models)
 
     def models(self) -> ModelsResponse:
-        return ModelsResponse(models=[m.info() for m in self.pool.models.values()])
+        return ModelsResponse(
+            models=[m.info() for m in self.pool.models.values()],
+            detector=None if self.detector is None else self.detector.info(),
+        )
 
     def check_health(self) -> None:
         """Serve's periodic health check (and /healthz). After an inference error, probe every
@@ -194,6 +202,14 @@ class GanforgeServer:
         x = torch.stack([d[0] for d in decoded])
         return decoded, score_images(self.pool, served, x, label)
 
+    def _check_upload_count(self, files: list[UploadFile]) -> None:
+        if len(files) > self.args.max_images_per_request:
+            raise ApiError(
+                413,
+                f"{len(files)} files uploaded; the limit is "
+                f"{self.args.max_images_per_request} per request",
+            )
+
     async def score(
         self, model: str, files: list[UploadFile], label: str | None, state: dict[str, Any]
     ) -> ScoreResponse:
@@ -202,12 +218,7 @@ class GanforgeServer:
         requests, /healthz); names the model in `state`."""
         state["model"] = self._model_label(model)
         served = self.pool.get(model)
-        if len(files) > self.args.max_images_per_request:
-            raise ApiError(
-                413,
-                f"{len(files)} files uploaded; the limit is "
-                f"{self.args.max_images_per_request} per request",
-            )
+        self._check_upload_count(files)
         uploads = [(await f.read(), f.filename) for f in files]
         decoded, scores = await asyncio.to_thread(self._decode_and_score, served, uploads, label)
         return ScoreResponse(
@@ -218,4 +229,36 @@ class GanforgeServer:
                 for f, d, s in zip(files, decoded, scores, strict=True)
             ],
             caveat=SCORE_CAVEAT,
+        )
+
+    def _decode_and_detect(
+        self, detector: ServedDetector, uploads: list[tuple[bytes, str | None]]
+    ) -> tuple[list[float], list[bool], float]:
+        """Blocking: decode the uploads to the detector's shape and run it -> (P(fake) per image,
+        resized? per image, milliseconds of the forward pass)."""
+        x, resized = detector.decode(uploads)
+        t0 = time.perf_counter()
+        probs = detector.predict(x)
+        return probs, resized, (time.perf_counter() - t0) * 1e3
+
+    async def detect(self, files: list[UploadFile], state: dict[str, Any]) -> DetectResponse:
+        """`/v1/detect`: the served detector's calibrated P(fake) of each upload, decoded and
+        run in a worker thread (like /v1/score). 404 when no detector is served."""
+        state["model"] = "-"
+        detector = self.detector
+        if detector is None:
+            raise ApiError(
+                404, "no deepfake detector is served here (start ganforge serve with --detector)"
+            )
+        self._check_upload_count(files)
+        uploads = [(await f.read(), f.filename) for f in files]
+        probs, resized, ms = await asyncio.to_thread(self._decode_and_detect, detector, uploads)
+        found = detections([f.filename for f in files], probs, resized)
+        self.metrics.detector_latency.observe(ms)
+        for d in found:
+            self.metrics.detections.inc(tags={"verdict": d["verdict"]})
+        return DetectResponse(
+            detections=found,
+            trained_on=detector.trained_on,
+            caveat=DETECT_CAVEAT,
         )

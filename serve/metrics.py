@@ -95,6 +95,19 @@ class ServeMetrics:
                 tag_keys=("model", "class"),
             )
         )
+        self.detections = BufferedCounter(
+            Counter(
+                "ganforge_serve_detector_images",
+                "Images checked by the deepfake detector (/v1/detect), by verdict (fake: "
+                "calibrated P(fake) >= 0.5).",
+                tag_keys=("verdict",),
+            )
+        )
+        self.detector_latency = Histogram(
+            "ganforge_serve_detector_latency_ms",
+            "Time of one deepfake-detector forward pass over a request's images, in ms.",
+            boundaries=LATENCY_MS,
+        )
         self.load_time = StickyGauge(
             Gauge(
                 "ganforge_serve_model_load_seconds",
@@ -112,6 +125,7 @@ class ServeMetrics:
         periodically and on shutdown)."""
         self.requests.flush()
         self.images.flush()
+        self.detections.flush()
         self.load_time.flush()
 
 

@@ -26,7 +26,16 @@ log = logging.getLogger("ganforge.serve")
 EXPORT_PERIOD_S = 0.5
 # The whole answer to an unexpected exception: its text stays in the log.
 INTERNAL_ERROR = "internal error (see the server log)"
-ROUTES = {"/", "/healthz", "/v1/models", "/v1/generate", "/v1/score", "/docs", "/openapi.json"}
+ROUTES = {
+    "/",
+    "/healthz",
+    "/v1/models",
+    "/v1/generate",
+    "/v1/score",
+    "/v1/detect",
+    "/docs",
+    "/openapi.json",
+}
 
 
 def relative_path(scope: dict[str, Any]) -> str:

@@ -41,11 +41,13 @@ def find_quality(loaded: LoadedModel) -> dict[str, Any] | None:
     return q if isinstance(q, dict) else None
 
 
-def _public(value: Any) -> Any:
+def without_paths(value: Any) -> Any:
+    """`value` (JSON-like) with every string that looks like a path or URI cut to its last part:
+    what the API shows of records written on the server (they name files and buckets)."""
     if isinstance(value, dict):
-        return {str(k): _public(v) for k, v in value.items()}
+        return {str(k): without_paths(v) for k, v in value.items()}
     if isinstance(value, list):
-        return [_public(v) for v in value]
+        return [without_paths(v) for v in value]
     if isinstance(value, str) and ("/" in value or "\\" in value):
         return value.rstrip("/\\").replace("\\", "/").rsplit("/", 1)[-1]
     return value
@@ -54,7 +56,7 @@ def _public(value: Any) -> Any:
 def public_quality(quality: dict[str, Any] | None) -> dict[str, Any] | None:
     """A quality report as `/v1/models` shows it: a string that looks like a path or URI (the
     report records e.g. the feature extractor's weights file) becomes its last part."""
-    return None if quality is None else _public(quality)
+    return None if quality is None else without_paths(quality)
 
 
 @dataclass

@@ -25,6 +25,7 @@ from ganforge.serve.handling import api_error_response
 from ganforge.serve.middleware import INTERNAL_ERROR, RequestMetricsMiddleware
 from ganforge.serve.schemas import (
     ApiError,
+    DetectResponse,
     GenerateRequest,
     GenerateResponse,
     ModelsResponse,
@@ -57,6 +58,8 @@ class Handlers(Protocol):
     async def score(
         self, model: str, files: list[UploadFile], label: str | None, state: dict[str, Any]
     ) -> ScoreResponse: ...
+
+    async def detect(self, files: list[UploadFile], state: dict[str, Any]) -> DetectResponse: ...
 
 
 def _query_parameters(model: type[GenerateRequest]) -> list[dict[str, Any]]:
@@ -129,7 +132,8 @@ def build_http_app(
     `api_token`, requests need `Authorization: Bearer <api_token>` (serve.auth)."""
     app = FastAPI(
         title="ganforge",
-        description="Generate images with trained GANs and score images with their critics.",
+        description="Generate images with trained GANs, score images with their critics and check "
+        "them with a deepfake detector.",
         version="1",
     )
     on_error = partial(api_error_response, retry_after_s=retry_after_s)
@@ -209,5 +213,14 @@ def build_http_app(
     ) -> ScoreResponse:
         """Discriminator/critic score of uploaded images (relative; see the caveat)."""
         return await server.score(model, files, label, request.scope.setdefault("state", {}))
+
+    @app.post("/v1/detect", response_model=DetectResponse)
+    async def detect(
+        request: Request,
+        files: list[UploadFile] = File(description="PNG or JPEG images (one or more)."),
+    ) -> DetectResponse:
+        """Calibrated probability that each uploaded image is generated, from the deepfake
+        detector given to `ganforge serve --detector` (404 without one; see the caveat)."""
+        return await server.detect(files, request.scope.setdefault("state", {}))
 
     return app

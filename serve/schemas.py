@@ -98,6 +98,9 @@ class AppArgs(_Strict):
     """Retry-After seconds sent with overload 503s."""
     validate_on_build: bool = True
     """Load every checkpoint once in `build_app` so a bad one fails before replicas start."""
+    detector: str | None = None
+    """A deepfake detector (`ganforge detect train`'s .pt, its .json record beside it) to serve at
+    `POST /v1/detect`; null = that route answers 404."""
     api_token_file: str | None = None
     """File holding a bearer token (surrounding whitespace stripped; an empty file is an error).
     When set, or when the replica's environment has GANFORGE_API_TOKEN, every route but `/`,
@@ -267,8 +270,29 @@ class ModelInfo(BaseModel):
     the model was never evaluated."""
 
 
+class DetectorInfo(BaseModel):
+    """The deepfake detector served at /v1/detect (`ganforge serve --detector`), from its record."""
+
+    image_size: int
+    """Uploads are converted to this size (and the detector's channels) first."""
+    channels: int
+    trained_on: list[str]
+    """Names of the generators whose fakes it was trained against."""
+    real_data: str
+    """The real images it was trained on (dataset name and split; no path)."""
+    calibration: dict[str, Any]
+    """`method` ("temperature": one scalar fitted on held-out data), its `temperature`, and the
+    held-out NLL / expected calibration error before and after."""
+    validation: dict[str, Any]
+    """Held-out figures (AUC, accuracy, EER, TPR at 1% FPR, with bootstrap intervals), over all
+    its generators and per generator."""
+    caveat: str
+
+
 class ModelsResponse(BaseModel):
     models: list[ModelInfo]
+    detector: DetectorInfo | None = None
+    """The deepfake detector behind /v1/detect; null when none is served."""
 
 
 class Score(BaseModel):
@@ -289,4 +313,21 @@ class ScoreResponse(BaseModel):
     model: str
     score_kind: Literal["logit", "critic"]
     scores: list[Score]
+    caveat: str
+
+
+class Detection(BaseModel):
+    filename: str | None
+    p_fake: float
+    """Calibrated probability that the image is generated (temperature scaling fitted on the
+    detector's held-out data). Meaningful for images like its training data (see the caveat)."""
+    verdict: Literal["fake", "real"]
+    """`fake` when p_fake >= 0.5."""
+    resized: bool
+    """The upload was converted to the detector's size/channels first."""
+
+
+class DetectResponse(BaseModel):
+    detections: list[Detection]
+    trained_on: list[str]
     caveat: str

@@ -53,6 +53,35 @@ def make_checkpoint(
     return root
 
 
+def make_detector(path: Path, temperature: float = 2.0, seed: int = 0) -> Path:
+    """A random-weight deepfake detector with a record as `ganforge detect train` writes it
+    (no training: serving only needs the file format). Its record names paths under /secret, as
+    a real one names the run folders it was trained against: the API must not show them."""
+    from ganforge.models.detector import Detector, save_detector
+
+    torch.manual_seed(seed)
+    module = Detector(3, (4, 8))
+    figures = {"auc": 0.91, "accuracy": 0.84, "eer": 0.17, "tpr_at_1pct_fpr": 0.3}
+    record = {
+        "image_size": 32,
+        "temperature": temperature,
+        "preprocess": {"jpeg_quality": None},
+        "fakes": ["cd"],
+        "fake_origins": ["/secret/runs/cd/checkpoints/step-000010"],
+        "real": {"data": "/secret/data/cifar10 (split train)", "train_images": 90},
+        "validation": {
+            "all": {**figures, "auc_ci": [0.85, 0.95], "num_real": 10, "num_fake": 10},
+            "per_generator": {"cd": figures},
+            "calibration": {
+                "uncalibrated": {"nll": 0.6, "ece": 0.2},
+                "calibrated": {"nll": 0.4, "ece": 0.05},
+                "at_bound": False,
+            },
+        },
+    }
+    return save_detector(module, record, path)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -286,6 +286,19 @@ def test_serve_config_matches_the_app_contract(helm: str, tmp_path: Path, case: 
         assert app["args"]["autoscaling"] is None
 
 
+def test_serve_detector_reaches_the_app_only_when_set(helm: str, tmp_path: Path) -> None:
+    """serve.detector becomes the app's `detector` arg (POST /v1/detect); empty, no arg."""
+    from ganforge.serve.schemas import AppArgs
+
+    path = "/mnt/ganforge/detectors/detector.pt"
+    svc = by_kind(render(helm, {"serve": {**SERVE_ON, "detector": path}}, tmp_path), "RayService")
+    (app,) = yaml.safe_load(svc[0]["spec"]["serveConfigV2"])["applications"]
+    assert AppArgs.model_validate(app["args"]).detector == path
+    svc = by_kind(render(helm, {"serve": SERVE_ON}, tmp_path), "RayService")
+    (app,) = yaml.safe_load(svc[0]["spec"]["serveConfigV2"])["applications"]
+    assert "detector" not in app["args"]
+
+
 def test_serve_deployment_name_exists_in_the_app(helm: str, tmp_path: Path) -> None:
     """serveConfigV2 overrides a deployment by name: a wrong name fails the RayService deploy."""
     from ray.serve import Deployment

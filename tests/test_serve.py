@@ -22,6 +22,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -35,6 +36,7 @@ from serve_helpers import (  # noqa: E402
     OOM_SEED,
     free_port,
     make_checkpoint,
+    make_detector,
     poison_generators,
 )
 
@@ -55,7 +57,12 @@ def runs(tmp_path_factory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="module")
-def server(runs):
+def detector(tmp_path_factory) -> Path:
+    return make_detector(tmp_path_factory.mktemp("detector") / "detector.pt")
+
+
+@pytest.fixture(scope="module")
+def server(runs, detector):
     import ray
     from ray import cloudpickle, serve
 
@@ -75,7 +82,14 @@ def server(runs):
         serve.start(http_options={"host": "127.0.0.1", "port": http_port})
         models = {k: str(v) for k, v in runs.items()}
         serve.run(
-            build_app({"models": models, "max_images_per_request": MAX_IMAGES, "num_cpus": 1}),
+            build_app(
+                {
+                    "models": models,
+                    "max_images_per_request": MAX_IMAGES,
+                    "num_cpus": 1,
+                    "detector": str(detector),
+                }
+            ),
             name="main",
             route_prefix="/",
             blocking=False,
@@ -429,6 +443,76 @@ def test_gif_upload_is_refused_by_format(client):
     assert r.status_code == 415 and "GIF images are not accepted" in r.json()["detail"]
 
 
+def test_detect_uploads_get_the_detectors_calibrated_probability(client, detector):
+    """/v1/detect answers what the detector file itself predicts on the decoded upload (with the
+    record's temperature), for PNG and JPEG, as-is or converted to its shape."""
+    from ganforge.models.detector import load_detector
+    from ganforge.serve.codecs import decode_upload_uint8
+
+    module, record = load_detector(detector)
+    arr = npy(client, model="cd", labels=["dog"], seed=3)[0]
+    grey = png_bytes(np.full((48, 40), 90, np.uint8))
+    uploads = {"a.png": png_bytes(arr), "b.jpg": png_bytes(arr, "JPEG"), "g.png": grey}
+    r = client.post("/v1/detect", files=[("files", (n, b)) for n, b in uploads.items()])
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["trained_on"] == ["cd"] and "not proof that an image is real" in body["caveat"]
+    assert [d["filename"] for d in body["detections"]] == list(uploads)
+    assert [d["resized"] for d in body["detections"]] == [False, False, True]
+    x = torch.stack([decode_upload_uint8(b, n, 32, 3)[0] for n, b in uploads.items()])
+    logits = module.logits(x)
+    assert record["temperature"] == 2.0  # calibrated: the logit over the temperature
+    want = torch.sigmoid(logits / 2.0).tolist()
+    got = [d["p_fake"] for d in body["detections"]]
+    assert got == pytest.approx(want, abs=1e-5) and got != pytest.approx(
+        torch.sigmoid(logits).tolist(), abs=1e-5
+    )
+    assert [d["verdict"] for d in body["detections"]] == [
+        "fake" if p >= 0.5 else "real" for p in want
+    ]
+
+
+def test_models_lists_the_detector_without_its_paths(client):
+    r = client.get("/v1/models")
+    info = r.json()["detector"]
+    assert info["trained_on"] == ["cd"] and info["image_size"] == 32 and info["channels"] == 3
+    assert (
+        info["calibration"]["method"] == "temperature" and info["calibration"]["temperature"] == 2
+    )
+    assert info["calibration"]["calibrated"]["ece"] == 0.05
+    assert info["validation"]["all"]["auc"] == 0.91 and "cd" in info["validation"]["per_generator"]
+    assert info["real_data"] == "cifar10 (split train)"
+    assert "/secret" not in r.text and "fake_origins" not in r.text
+
+
+@pytest.mark.parametrize(
+    ("files", "status", "needle"),
+    [
+        ([("files", ("x.txt", b"not an image"))], 415, "not a readable PNG"),
+        ([("files", ("x.gif", b"GIF89a" + b"\0" * 40))], 415, "GIF images are not accepted"),
+        ([], 422, "files: Field required"),
+        ("MANY", 413, f"limit is {MAX_IMAGES}"),
+        ("HUGE", 413, "more than this model accepts"),
+    ],
+)
+def test_bad_detect_requests(client, files, status, needle):
+    png = png_bytes(np.zeros((32, 32, 3), np.uint8))
+    if files == "MANY":
+        files = [("files", (f"{i}.png", png)) for i in range(MAX_IMAGES + 1)]
+    elif files == "HUGE":  # a few KB that declare 2000 x 2000 pixels
+        files = [("files", ("big.png", png_bytes(np.zeros((2000, 2000), np.uint8))))]
+    r = client.post("/v1/detect", files=files or None, data={} if files else {"x": "1"})
+    assert r.status_code == status, r.text
+    assert needle in r.json()["detail"]
+
+
+def test_detect_without_a_detector_is_404(client):
+    png = png_bytes(np.zeros((32, 32, 3), np.uint8))
+    r = client.post("/tight/v1/detect", files=[("files", ("a.png", png))])
+    assert r.status_code == 404 and "--detector" in r.json()["detail"]
+    assert client.get("/tight/v1/models").json()["detector"] is None
+
+
 # --- failures, overload, batching, metrics ------------------------------------------------
 
 
@@ -546,6 +630,15 @@ def test_metrics_exported_on_ray_port(server, client):
     assert _sample(text, "ray_ganforge_serve_inference_latency_ms_count", model="dc") >= 5
     assert _sample(text, "ray_ganforge_serve_request_latency_ms_count", route="/v1/generate") > 0
     assert _sample(text, "ray_ganforge_serve_model_load_seconds", model="cd") > 0
+    # /v1/detect: its route in the request counters, its verdicts and its forward-pass latency.
+    det = _sample(text, "ray_ganforge_serve_requests_total", route="/v1/detect", status="200")
+    assert det >= 1, "run after the /v1/detect tests"
+    verdicts = sum(
+        _sample(text, "ray_ganforge_serve_detector_images_total", verdict=v)
+        for v in ("fake", "real")
+    )
+    assert verdicts >= 3
+    assert _sample(text, "ray_ganforge_serve_detector_latency_ms_count") >= det
     assert "ray_ganforge_serve_queue_depth" in text
 
 

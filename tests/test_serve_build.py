@@ -3,6 +3,7 @@ the Serve config file and the CLI's argument parsing. No Ray cluster is started.
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -146,6 +147,25 @@ def test_cli_refuses_bad_checkpoint_before_starting_ray(tmp_path):
     assert "model 'm'" in r.output and "no such file" in r.output
 
 
+def test_cli_refuses_a_bad_detector_before_starting_ray(tmp_path, cd_run):
+    """A detector that is not one (garbage weights, a record of another format) stops
+    `ganforge serve` with `error:` and exit 2, before Ray starts."""
+    from typer.testing import CliRunner
+
+    from ganforge.cli import app
+
+    bad = tmp_path / "det.pt"
+    bad.write_bytes(b"not a torch file")
+    (tmp_path / "det.json").write_text(json.dumps({"format": "something-else"}))
+    cmd = ["serve", "--model", f"m={cd_run}", "--detector"]
+    r = CliRunner().invoke(app, [*cmd, str(bad)])
+    assert (
+        r.exit_code == 2 and "error: " in r.output and "not a ganforge detector record" in r.output
+    )
+    r = CliRunner().invoke(app, [*cmd, str(tmp_path / "missing.pt")])
+    assert r.exit_code == 2 and "not found" in r.output and "Traceback" not in r.output
+
+
 def test_cli_defaults_are_the_app_defaults():
     """`ganforge serve` takes its options' defaults and bounds from AppArgs' fields
     (`serve.commands.app_option`), and its --help shows them."""
@@ -158,7 +178,7 @@ def test_cli_defaults_are_the_app_defaults():
     field = {"replicas": "num_replicas", "batch_wait_s": "batch_wait_timeout_s"}
     names = ["replicas", "gpu", "max_batch_size", "batch_wait_s", "max_images_per_request"]
     names += ["max_upload_bytes", "max_ongoing_requests", "max_queued_requests", "num_cpus"]
-    names += ["api_token_file"]
+    names += ["api_token_file", "detector"]
     for name in names:
         assert cli[name] == AppArgs.model_fields[field.get(name, name)].default, name
     # What --help prints for each option: the field's default and its lower bound.
