@@ -7,6 +7,7 @@
       metrics.jsonl              rank 0's metric records, one JSON object a line
       tensorboard/               TensorBoard events
       quality/metrics.json       the latest `ganforge eval` figures (shown by the server)
+      quality/eval-<key>.json    cached evaluations (`ganforge study`), keyed by what decides them
       .launches/<launch id>      how often a launch's worker group has started (restarts)
       pids/rank-<r>              worker pids, for operators and the kill tests
       placement/rank-<r>.jsonl   where rank r ran, one line per start: node, pid, shard slices
@@ -177,6 +178,11 @@ class RunDir:
     def quality_metrics(self) -> Path:
         """The latest `ganforge eval` figures of this run (JSON)."""
         return self.path / self.QUALITY / "metrics.json"
+
+    def eval_cache(self, key: str) -> Path:
+        """A cached evaluation of this run's checkpoints; `key` hashes everything that decides
+        its numbers (settings, features, reference, the checkpoints' markers)."""
+        return self.path / self.QUALITY / f"eval-{key}.json"
 
     @property
     def launches(self) -> Path:

@@ -154,7 +154,9 @@ def study_cmd(
         min=1,
         help="Budget: generator steps of a 1-critic-step variant (see --budget).",
     ),
-    out: Path = typer.Option(..., "--out", help="Study directory: runs/<variant>/ and report/."),
+    out: Path = typer.Option(
+        ..., "--out", help="Study directory: runs/<variant>[-seed<k>]/ and report/."
+    ),
     variants: list[str] = typer.Option(
         # quality.study.DEFAULT_VARIANTS, spelled out: importing the study here would load torch
         # for `--help`.
@@ -179,31 +181,57 @@ def study_cmd(
     classifier: Path | None = typer.Option(
         None, "--classifier", help="Classifier weights (default: the shipped CIFAR-10 one)."
     ),
-    seed: int = typer.Option(0, "--seed", help="Training and evaluation seed."),
+    real_split: str = typer.Option(
+        "test",
+        "--real-split",
+        help="Real reference split. The default `test` is held out of the shipped classifier's "
+        "training, so real and generated features are both out of sample.",
+    ),
+    detect: bool = typer.Option(
+        True,
+        "--detect/--no-detect",
+        help="Detectability columns: a detector per variant (the cross-generator matrix) and "
+        "one on all variants, plus the spectra (minutes of CPU; cached).",
+    ),
+    detect_limit: int = typer.Option(
+        4000, "--detect-limit", min=100, help="Real training images of each detector."
+    ),
+    seed: int = typer.Option(0, "--seed", help="Evaluation seed and the first training seed."),
+    seeds: int = typer.Option(
+        3,
+        "--seeds",
+        min=1,
+        help="Training seeds per variant (SEED, SEED+1, ...): figures are means with 95% "
+        "intervals over them, and variants are ranked only where the intervals separate.",
+    ),
     set_: list[str] = typer.Option(
         [],
         "--set",
         help="Config override for every variant, e.g. --set model.width=32 (repeatable).",
     ),
 ) -> None:
-    """Train every variant with the same budget (reusing finished runs), then compare them."""
+    """Train every variant with the same budget and several seeds (reusing finished runs), then
+    compare them: report.md says, for each figure, which variants differ and which tie."""
     t0 = time.monotonic()
     if budget not in ("images", "g-steps"):
         raise typer.BadParameter("must be images or g-steps", param_hint="--budget")
     _require_training()
     from ganforge.config import ConfigError, parse_override
     from ganforge.data import DataError
-    from ganforge.quality.evaluate import EvalError, EvalSettings
+    from ganforge.quality.detect_sources import DetectError
+    from ganforge.quality.evaluate import EvalError
     from ganforge.quality.features import ExtractorError
-    from ganforge.quality.study import StudyOptions, run_study
+    from ganforge.quality.study import StudyOptions, run_study, study_settings
+    from ganforge.quality.study_detect import DetectOptions
 
-    s = EvalSettings(
+    s = study_settings(
+        seed,
         num_samples=num_samples,
-        checkpoint="all",
-        seed=seed,
+        real_split=real_split,
         class_name=class_name,
         classifier=str(classifier) if classifier else None,
     )
+    detect_opts = DetectOptions(limit=detect_limit, seed=seed) if detect else None
     try:
         opts = StudyOptions(
             steps=steps,
@@ -212,10 +240,11 @@ def study_cmd(
             num_workers=num_workers,
             micro_batch=micro_batch,
             seed=seed,
+            seeds=tuple(range(seed, seed + seeds)),
             overrides=dict(parse_override(x) for x in set_),
         )
-        body = run_study(data, out, opts, eval_settings=s, progress=True)
-    except (ConfigError, EvalError, DataError, ExtractorError) as e:
+        body = run_study(data, out, opts, eval_settings=s, progress=True, detect=detect_opts)
+    except (ConfigError, EvalError, DataError, ExtractorError, DetectError) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
     _print_summary(body, out / "report", time.monotonic() - t0, "study")

@@ -5,13 +5,18 @@ Above both `evaluate` (the numbers) and `report` (the files), so neither imports
 
 from __future__ import annotations
 
+import hashlib
+import json
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
 
+from ganforge.checkpoint import CheckpointError
 from ganforge.data.memory import read_manifest
+from ganforge.models import load_model
 from ganforge.quality import metrics as M
 from ganforge.quality.evaluate import (
     EvalError,
@@ -25,8 +30,8 @@ from ganforge.quality.evaluate import (
 )
 from ganforge.quality.features import build_extractor
 from ganforge.quality.report import write_report
-from ganforge.rundir import RunDir
-from ganforge.storage import is_uri
+from ganforge.rundir import CheckpointDir, RunDir
+from ganforge.storage import is_uri, sha256_file
 
 
 def evaluate_runs(
@@ -36,10 +41,15 @@ def evaluate_runs(
     s: EvalSettings,
     progress: bool = True,
     extra: dict[str, Any] | None = None,
+    reuse: bool = False,
+    finish: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Evaluate runs against `data` and write the report into `out`; returns metrics.json's body.
 
-    `extra` is merged into metrics.json (the study records its budget there)."""
+    `extra` is merged into metrics.json (the study records its budget there). With `reuse`, a
+    run whose checkpoints were evaluated before with the same settings, features and reference
+    is read from its cache (`RunDir.eval_cache`) instead (the study resumes so). `finish(body)`
+    runs before the report is written (the study adds its summary)."""
     # Object-store runs are mirrored once, here; everything below reads the mirror.
     local = [mirror(r, s.checkpoint) for r in run_dirs]
     # Chosen before minutes of feature extraction, so a typo fails at once.
@@ -52,12 +62,19 @@ def evaluate_runs(
     judge = judge_for(classes, s)
     ref = build_reference(data, s, extractor, judge, progress)
     # One bar over every checkpoint of every run: its ETA covers the whole evaluation.
-    total = sum(len(ckpts) for ckpts in chosen)
+    keys = [cache_key(ckpts, s, extractor.name, ref) if reuse else None for ckpts in chosen]
+    cached = [_cached(m, k) for m, k in zip(local, keys, strict=True)]
+    total = sum(len(c) for c, hit in zip(chosen, cached, strict=True) if hit is None)
     with tqdm(total=total, desc="eval", unit="checkpoint", disable=not progress) as bar:
-        runs = [
-            evaluate_run(m, ckpts, ref, extractor, judge, s, bar)
-            for m, ckpts in zip(local, chosen, strict=True)
-        ]
+        runs = []
+        for m, ckpts, key, hit in zip(local, chosen, keys, cached, strict=True):
+            if hit is not None:
+                runs.append(hit)
+                continue
+            run = evaluate_run(m, ckpts, ref, extractor, judge, s, bar)
+            if key is not None:
+                _store(m, key, run)
+            runs.append(run)
     seen: dict[str, int] = {}
     for run in runs:  # two runs named alike (a/run, b/run) must stay apart in tables and grids
         seen[run["name"]] = seen.get(run["name"], 0) + 1
@@ -79,11 +96,49 @@ def evaluate_runs(
             "split": s.real_split,
             "num_images": len(ref.data.images),
             "stats": ref.stats,
+            "encoding": ref.encoding,  # lossy storage the fakes' `stats_as_stored` went through
             "classifier_score": M.classifier_score(ref.probs)[0] if ref.probs is not None else None,
             "precision_recall_images": len(ref.pr_features),
         },
         "runs": [{k: v for k, v in run.items() if not k.startswith("_")} for run in runs],
         **(extra or {}),
     }
+    if finish is not None:
+        finish(body)
     write_report(Path(out), body, runs, ref, judge, s)
     return body
+
+
+def cache_key(ckpts: list[tuple[int, Path]], s: EvalSettings, extractor: str, ref) -> str:
+    """What decides a run's numbers: the settings (but the grid's class and width), the feature
+    network, the real reference, and each checkpoint's marker (its files' hashes)."""
+    settings = {k: v for k, v in asdict(s).items() if k not in ("class_name", "grid_columns")}
+    body = {
+        "settings": settings,
+        "extractor": extractor,
+        "real": [len(ref.data.images), float(ref.features.sum()), ref.encoding],
+        "checkpoints": [[step, sha256_file(CheckpointDir(p).marker)] for step, p in ckpts],
+    }
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _cached(run_dir: Path, key: str | None) -> dict[str, Any] | None:
+    """The cached evaluation of `run_dir` under `key`, with its latest model loaded (the grids
+    draw from it); None when there is none or it does not read."""
+    if key is None:
+        return None
+    path = RunDir(run_dir).eval_cache(key)
+    try:
+        run = json.loads(path.read_text())
+        run["_model"] = load_model(run["latest"]["checkpoint"])
+    except (OSError, ValueError, KeyError, TypeError, CheckpointError):
+        return None
+    return run
+
+
+def _store(run_dir: Path, key: str, run: dict[str, Any]) -> None:
+    path = RunDir(run_dir).eval_cache(key)
+    if RunDir(run_dir).checkpoints.is_dir():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        body = {k: v for k, v in run.items() if not k.startswith("_")}
+        path.write_text(json.dumps(body, indent=1))

@@ -8,6 +8,7 @@ classes for conditional models) from a fixed seed, so runs are compared on equal
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,10 +20,13 @@ from ganforge.data.memory import RealImages, load_real
 from ganforge.images import to_uint8
 from ganforge.models import load_model
 from ganforge.quality import metrics as M
+from ganforge.quality.detect_encoding import encode_like, real_encoding
 from ganforge.quality.features import ClassifierExtractor, build_classifier_extractor, extract
 from ganforge.quality.image_stats import image_stats
 from ganforge.rundir import CheckpointDir, RunDir
 from ganforge.storage import StorageError, is_uri
+
+MIN_FID_PER_DIM = 10  # per-class FID needs this many images per feature dimension
 
 
 class EvalError(ValueError):
@@ -43,6 +47,9 @@ class EvalSettings:
     classifier: str | None = None
     kid_subset_size: int = 1000
     kid_subsets: int = 50
+    # Bootstrap replicates for the FID's sampling error of each run's latest checkpoint
+    # (`fid_se`; 0 = off): what `ganforge study` adds to the seed interval.
+    fid_bootstrap: int = 0
     pr_k: int = 3
     grid_columns: int = 10
     batch_size: int = 500
@@ -55,6 +62,7 @@ class RealReference:
     probs: torch.Tensor | None
     stats: dict[str, float]
     pr_features: torch.Tensor = field(repr=False, default=None)
+    encoding: dict[str, Any] | None = None  # how the real images are stored, when lossy
 
 
 def mirror(run_dir: str | Path, which: str) -> Path:
@@ -140,7 +148,8 @@ def build_reference(
     # Precision/recall compares equal-sized sets (as Kynkaanniemi et al.); O(N^2) distances.
     n_pr = min(len(feats), s.num_samples)
     idx = torch.randperm(len(feats), generator=torch.Generator().manual_seed(s.seed))[:n_pr]
-    return RealReference(real, feats, probs, image_stats(real.images), feats[idx])
+    encoding = real_encoding(data, s.real_split)
+    return RealReference(real, feats, probs, image_stats(real.images), feats[idx], encoding)
 
 
 def score_images(
@@ -150,13 +159,18 @@ def score_images(
     extractor,
     judge: ClassifierExtractor | None,
     s: EvalSettings,
+    bootstrap: int = 0,
 ) -> dict[str, Any]:
-    """All metrics of one set of generated images against the reference."""
+    """All metrics of one set of generated images against the reference; `bootstrap` > 0 adds
+    the FID's sampling error (`fid_se`)."""
     feats = extract(extractor, images, s.batch_size)
     out: dict[str, Any] = {"num_generated": len(images), "fid": M.fid(ref.features, feats)}
     out["kid_mean"], out["kid_std"] = M.kid(
         ref.features, feats, s.kid_subset_size, s.kid_subsets, s.seed
     )
+    # The KID's sampling error: its subsets overlap, so count only the disjoint ones.
+    n_kid = min(s.kid_subset_size, len(feats), len(ref.features))
+    out["kid_se"] = out["kid_std"] / math.sqrt(max(1, min(len(feats), len(ref.features)) // n_kid))
     out["precision"], out["recall"] = M.precision_recall(ref.pr_features, feats, s.pr_k)
     if judge is not None:
         probs = extract(judge.probs, images, s.batch_size)
@@ -166,11 +180,38 @@ def score_images(
             out["per_class_accuracy"] = acc
             out["mean_class_accuracy"] = sum(acc.values()) / len(acc)
     if labels is not None:
-        intra = M.intra_class_fid(ref.features, ref.data.labels, feats, labels, ref.data.classes)
+        _per_class(out, feats, labels, ref, s)
+    out["stats"] = image_stats(images)
+    if ref.encoding is not None:  # the fakes stored as the reals are: a like-for-like anchor
+        out["stats_as_stored"] = image_stats(encode_like(images, ref.encoding))
+    if bootstrap:
+        out["fid_se"] = M.fid_bootstrap_se(ref.features, feats, bootstrap, s.seed)
+    return out
+
+
+def _per_class(out: dict, feats: torch.Tensor, labels: torch.Tensor, ref, s: EvalSettings) -> None:
+    """Per-class KID always; per-class FID only with at least MIN_FID_PER_DIM x feature-dim
+    images of a class on both sides (below that its bias, which falls as 1/N, dominates)."""
+    args = (ref.features, ref.data.labels, feats, labels, ref.data.classes)
+    kid = M.intra_class_kid(*args, min(s.kid_subset_size, 1000), 20, s.seed)
+    out["intra_kid"] = kid
+    out["mean_intra_kid"] = sum(kid.values()) / len(kid) if kid else None
+    need = MIN_FID_PER_DIM * feats.shape[1]
+    counts = [
+        min(int((ref.data.labels == c).sum()), int((labels == c).sum()))
+        for c in range(len(ref.data.classes))
+    ]
+    if min(counts) >= need:
+        intra = M.intra_class_fid(*args)
         out["intra_fid"] = intra
         out["mean_intra_fid"] = sum(intra.values()) / len(intra) if intra else None
-    out["stats"] = image_stats(images)
-    return out
+    else:
+        out["intra_fid"] = out["mean_intra_fid"] = None
+        out["intra_fid_skipped"] = (
+            f"per-class FID needs >= {need} images of each class on both sides "
+            f"({MIN_FID_PER_DIM} x {feats.shape[1]} feature dims); the smallest class has "
+            f"{min(counts)}: see intra_kid"
+        )
 
 
 def judge_for(data_classes: list[str], s: EvalSettings) -> ClassifierExtractor | None:
@@ -213,7 +254,8 @@ def evaluate_run(
             "images_seen": int(model.meta.get("images_seen", 0)),
             "checkpoint": str(ckpt),
         }
-        row |= score_images(images, labels, ref, extractor, judge, s)
+        last = step == max(st for st, _ in ckpts)
+        row |= score_images(images, labels, ref, extractor, judge, s, s.fid_bootstrap * last)
         rows.append(row)
         latest = model
         if bar is not None:

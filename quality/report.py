@@ -12,6 +12,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from ganforge.quality.grids import class_rows, random_rows
+from ganforge.quality.study_report import plot_curves, study_markdown
 
 LABEL_WIDTH = 96
 NO_JUDGE = "none (the classifier does not know these classes)"
@@ -27,7 +28,8 @@ HOW_TO_READ = """\
 - **Classifier score** (higher is better): the Inception Score computed with the domain
   classifier; it rewards confident and varied class predictions (max = number of classes).
 - **Class accuracy** (conditional models): how often the classifier recognises the class the
-  generator was asked for. **Intra-FID**: FID per class, averaged.
+  generator was asked for. **Intra-KID**: KID per class, averaged (per-class FID is in
+  metrics.json only when every class has at least 10 images per feature dimension).
 - **Sharpness** = variance of the Laplacian (higher is sharper; blur lowers it). **Noise** =
   wavelet (Donoho MAD) sigma of luminance; **chroma noise** the same on Cb/Cr (RGB colour
   speckle). **HF share** = share of spectral energy above 0.25 cycles/pixel (upsampling
@@ -116,10 +118,15 @@ def plot_over_steps(body: dict[str, Any], path: Path) -> Path | None:
     return path
 
 
+def _kid(v: float | None) -> str:
+    return "-" if v is None else _fmt(v * 1e3, 2)
+
+
 def _table(body: dict[str, Any]) -> list[str]:
     head = (
         "| run | variant | step | images seen | FID | KID x1e3 | precision | recall | "
-        "classifier score | class acc | intra-FID | sharpness | noise | chroma noise | HF share |"
+        "classifier score | class acc | intra-KID x1e3 | sharpness | noise | chroma noise | "
+        "HF share |"
     )
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for run in body["runs"]:
@@ -129,7 +136,7 @@ def _table(body: dict[str, Any]) -> list[str]:
             f"| {run['name']} | {run['variant']} | {m['step']} | {m['images_seen']} | "
             f"{_fmt(m['fid'], 2)} | {_fmt(m['kid_mean'] * 1e3, 2)} | {_fmt(m['precision'])} | "
             f"{_fmt(m['recall'])} | {_fmt(m.get('classifier_score'), 2)} | "
-            f"{_fmt(m.get('mean_class_accuracy'))} | {_fmt(m.get('mean_intra_fid'), 2)} | "
+            f"{_fmt(m.get('mean_class_accuracy'))} | {_kid(m.get('mean_intra_kid'))} | "
             f"{_fmt(st['sharpness'], 1)} | {_fmt(st['noise_sigma'], 2)} | "
             f"{_fmt(st['chroma_noise'], 2)} | {_fmt(st['high_freq_share'], 4)} |"
         )
@@ -176,9 +183,15 @@ def _study(body: dict[str, Any]) -> list[str]:
         if st["budget"] == "images"
         else "the same generator steps"
     )
-    return [
-        f"- **Study budget:** {what} (--steps {st['steps']}, {st['num_workers']} worker(s)); {per}"
+    seeds = st.get("seeds") or []
+    lines = [
+        f"- **Study budget:** {what} (--steps {st['steps']}, {st['num_workers']} worker(s)); {per}",
+        f"- **Seeds:** {len(seeds)} training run(s) per variant "
+        f"(seeds {', '.join(map(str, seeds))})",
     ]
+    if st.get("reference_note"):
+        lines.append(f"- **Held-out reference:** {st['reference_note']}")
+    return lines
 
 
 def markdown(body: dict[str, Any], files: dict[str, str]) -> str:
@@ -198,6 +211,7 @@ def markdown(body: dict[str, Any], files: dict[str, str]) -> str:
         f"precision/recall k={s['pr_k']}",
         *_study(body),
         "",
+        *study_markdown(body, files.get("curves")),
         "## Results (latest evaluated checkpoint of each run)",
         "",
         *_table(body),
@@ -249,6 +263,9 @@ def write_report(out: Path, body: dict[str, Any], runs: list[dict], ref, judge, 
     files["grid_random"] = "grid-random.png"
     if plot_over_steps(body, out / "metrics-over-steps.png"):
         files["plot"] = "metrics-over-steps.png"
+    summary = (body.get("study") or {}).get("summary")
+    if summary and plot_curves(summary, out / "curves.png"):
+        files["curves"] = "curves.png"
     body["files"] = files
     (out / "metrics.json").write_text(json.dumps(body, indent=1, default=_json_default))
     md_text = markdown(body, files)

@@ -5,8 +5,11 @@ generator-step count of a variant with one critic step per generator step; a var
 `n_critic` critic steps per generator step gets ceil(N / n_critic) generator steps, so every
 critic sees N x batch real images. (`budget="g-steps"` gives every variant N generator steps
 instead: the WGAN family then sees n_critic times more data and compute.)
-Finished runs are reused: a variant whose run already reached its step count is not retrained,
-an unfinished one resumes from its latest checkpoint.
+Every variant is trained once per seed (`seeds`, at least 3 for a verdict: figures are then
+reported as a mean with a 95% interval over seeds, see `study_stats`). Finished runs are reused:
+a run that already reached its step count is not retrained, an unfinished one resumes from its
+latest checkpoint. The first seed's run keeps the v1 folder (`runs/<variant>`), so a study made
+before seeds existed is reused as that seed; the others are `runs/<variant>-seed<k>`.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ DEFAULT_VARIANTS = ("dcgan", "cdcgan", "wgan", "wgan-gp", "cwgan-gp", "stylegan2
 @dataclass
 class StudyPlan:
     variant: str
+    seed: int
     run_dir: Path
     max_steps: int
     n_critic: int
@@ -45,12 +49,26 @@ class StudyOptions:
     budget: str = "images"  # "images": same real images through the critic; or "g-steps"
     num_workers: int = 1  # Ray Train workers per run
     micro_batch: int | None = None  # images per worker per step; None: the variant's config
-    seed: int = 0  # training seed (and the default evaluation seed)
+    seed: int = 0  # evaluation seed; also the first training seed when `seeds` is not given
+    seeds: tuple[int, ...] | None = None  # training seeds; None: (seed,)
     # config key -> value applied to every variant alike, e.g. {"model.width": 32}
     overrides: Mapping[str, Any] = field(default_factory=dict)
 
+    @property
+    def training_seeds(self) -> tuple[int, ...]:
+        return self.seeds or (self.seed,)
 
-def variant_config(variant: str, data: str, run_dir: Path, opts: StudyOptions):
+
+def run_dir_for(out: Path, variant: str, seed: int, opts: StudyOptions) -> Path:
+    """OUT/runs/<variant> for the first seed (the v1 layout, reused as is), else
+    OUT/runs/<variant>-seed<k>."""
+    first = opts.training_seeds[0]
+    return out / "runs" / (variant if seed == first else f"{variant}-seed{seed}")
+
+
+def variant_config(
+    variant: str, data: str, run_dir: Path, opts: StudyOptions, seed: int | None = None
+):
     """The shipped config of `variant` with the study's budget, data and run dir applied.
 
     `opts.overrides` apply to every variant alike, so a small CPU study can shrink the models
@@ -72,7 +90,7 @@ def variant_config(variant: str, data: str, run_dir: Path, opts: StudyOptions):
             "train.checkpoint_every": every,
             "train.sample_every": every,
             "train.keep_checkpoints": 5,
-            "train.seed": opts.seed,
+            "train.seed": opts.seed if seed is None else seed,
             "train.micro_batch": opts.micro_batch,
             "cluster.num_workers": opts.num_workers,
         }
@@ -81,16 +99,52 @@ def variant_config(variant: str, data: str, run_dir: Path, opts: StudyOptions):
 
 
 def plan(out: Path, data: str, opts: StudyOptions):
-    """-> (one StudyPlan per variant, in order; variant -> its config)."""
+    """-> (one StudyPlan per variant and seed, seed by seed so that an interrupted study has
+    whole seeds done; run dir -> its config)."""
     plans, configs = [], {}
-    for v in opts.variants:
-        run_dir = out / "runs" / v
-        cfg = variant_config(v, data, run_dir, opts)
-        found = list_checkpoints(RunDir(run_dir).checkpoints)
-        done = found[0][0] if found else 0
-        plans.append(StudyPlan(v, run_dir, cfg.train.max_steps, cfg.loss.n_critic, done))
-        configs[v] = cfg
+    for seed in opts.training_seeds:
+        for v in opts.variants:
+            run_dir = run_dir_for(out, v, seed, opts)
+            cfg = variant_config(v, data, run_dir, opts, seed)
+            found = list_checkpoints(RunDir(run_dir).checkpoints)
+            done = found[0][0] if found else 0
+            plans.append(StudyPlan(v, seed, run_dir, cfg.train.max_steps, cfg.loss.n_critic, done))
+            configs[run_dir] = cfg
     return plans, configs
+
+
+def study_settings(seed: int = 0, **kw: Any):
+    """The study's evaluation defaults: every checkpoint (the curves), the held-out `test` split
+    as the real reference, 10,000 fakes, the FID's sampling error by bootstrap."""
+    from ganforge.quality.evaluate import EvalSettings
+
+    base = {"checkpoint": "all", "seed": seed, "real_split": "test", "fid_bootstrap": 50}
+    return EvalSettings(**(base | kw))
+
+
+def reference_note(settings) -> str:
+    """Whether the real reference is out of the feature network's training sample (its record
+    names the split it only tested on)."""
+    import json
+
+    from ganforge.quality.features import DEFAULT_CLASSIFIER
+
+    if settings.inception_weights:
+        return f"split `{settings.real_split}` against Inception-v3 features (ImageNet-trained)"
+    path = Path(settings.classifier) if settings.classifier else DEFAULT_CLASSIFIER
+    try:
+        held_out = json.loads(path.with_suffix(".json").read_text()).get("test_split")
+    except (OSError, ValueError):
+        held_out = None
+    if held_out == settings.real_split:
+        return (
+            f"split `{settings.real_split}`, which the feature network ({path.name}) never "
+            "trained on: real and generated features are both out of its training sample"
+        )
+    return (
+        f"split `{settings.real_split}`; the feature network's record does not say it was held "
+        "out of its training: real features may be in-sample while the fakes are not"
+    )
 
 
 def run_study(
@@ -99,18 +153,34 @@ def run_study(
     opts: StudyOptions,
     eval_settings=None,
     progress: bool = True,
+    detect=None,
 ) -> dict:
-    """Train (or reuse) each variant's run under OUT/runs/<variant>, then write OUT/report."""
+    """Train (or reuse) each variant's runs (one per seed) under OUT/runs, measure their
+    detectability (`detect`: DetectOptions, None = skip) and write OUT/report with the summary
+    over seeds. Every stage reuses what an earlier call finished."""
     from ganforge.quality.compare import evaluate_runs
-    from ganforge.quality.evaluate import EvalSettings
+    from ganforge.quality.study_detect import detectability
+    from ganforge.quality.study_summary import summarize
 
     out = Path(out)
     plans, configs = plan(out, str(data), opts)
     _train_unfinished(plans, configs, progress)
-    settings = eval_settings or EvalSettings(checkpoint="all", seed=opts.seed)
+    settings = eval_settings or study_settings(opts.seed)
     study = _study_summary(opts, plans, configs)
+    study["reference_note"] = reference_note(settings)
+    found = None
+    if detect is not None:
+        first = {p.variant: p.run_dir for p in plans if p.seed == opts.training_seeds[0]}
+        found = detectability(data, first, out / "report" / "detection", detect, progress)
+
+    def finish(body: dict) -> None:
+        body["study"]["detection"] = found
+        body["study"]["summary"] = summarize(body, found)
+
     runs = [p.run_dir for p in plans]
-    return evaluate_runs(runs, data, out / "report", settings, progress, {"study": study})
+    return evaluate_runs(
+        runs, data, out / "report", settings, progress, {"study": study}, reuse=True, finish=finish
+    )
 
 
 def _train_unfinished(plans: list[StudyPlan], configs: dict, progress: bool) -> None:
@@ -118,7 +188,7 @@ def _train_unfinished(plans: list[StudyPlan], configs: dict, progress: bool) -> 
     from ganforge.cluster.launch import run_training
 
     for i, p in enumerate(plans, 1):
-        at = f"[{i}/{len(plans)}] {p.variant}"  # each run's own bar below shows its ETA
+        at = f"[{i}/{len(plans)}] {p.variant} seed {p.seed}"  # each run's bar shows its ETA
         if p.finished:
             print(f"{at}: reusing {p.run_dir} (step {p.done_steps} >= {p.max_steps})")
             continue
@@ -126,7 +196,7 @@ def _train_unfinished(plans: list[StudyPlan], configs: dict, progress: bool) -> 
             f"{at}: training {p.max_steps} generator steps "
             f"(n_critic={p.n_critic}, from step {p.done_steps})"
         )
-        run_training(configs[p.variant], resume=None, show_progress=progress)
+        run_training(configs[p.run_dir], resume=None, show_progress=progress)
 
 
 def _study_summary(opts: StudyOptions, plans: list[StudyPlan], configs: dict) -> dict:
@@ -135,7 +205,7 @@ def _study_summary(opts: StudyOptions, plans: list[StudyPlan], configs: dict) ->
         p.variant: {
             "max_steps": p.max_steps,
             "n_critic": p.n_critic,
-            "micro_batch": configs[p.variant].train.micro_batch,
+            "micro_batch": configs[p.run_dir].train.micro_batch,
         }
         for p in plans
     }
@@ -143,6 +213,7 @@ def _study_summary(opts: StudyOptions, plans: list[StudyPlan], configs: dict) ->
         "budget": opts.budget,
         "steps": opts.steps,
         "num_workers": opts.num_workers,
+        "seeds": list(opts.training_seeds),
         "overrides": dict(opts.overrides),
         "variants": variants,
     }

@@ -98,10 +98,15 @@ def test_eval_end_to_end(setup):
         "classifier_score",
         "per_class_accuracy",
         "mean_class_accuracy",
-        "intra_fid",
+        "intra_kid",
+        "mean_intra_kid",
+        "kid_se",
         "stats",
     ):
         assert key in m, key
+    # 6 images per class are far too few for a per-class FID: skipped, with the reason.
+    assert m["intra_fid"] is None and "per-class FID needs" in m["intra_fid_skipped"]
+    assert set(m["intra_kid"]) == set(CLASSES)
     assert set(m["per_class_accuracy"]) == set(CLASSES)
     assert set(m["stats"]) == {"sharpness", "noise_sigma", "chroma_noise", "high_freq_share"}
     assert "per_class_accuracy" not in dcgan["latest"]  # unconditional: no intended class
@@ -140,7 +145,8 @@ def test_study_plan_budget(tmp_path):
     plans, configs = plan(tmp_path, "shards", opts)
     by = {p.variant: p for p in plans}
     assert by["dcgan"].max_steps == 100 and by["wgan-gp"].max_steps == 20
-    assert configs["wgan-gp"].train.micro_batch == 16 and not by["dcgan"].finished
+    assert configs[tmp_path / "runs" / "wgan-gp"].train.micro_batch == 16
+    assert not by["dcgan"].finished
     opts = StudyOptions(steps=100, variants=("wgan-gp",), budget="g-steps")
     plans, _ = plan(tmp_path, "shards", opts)
     assert plans[0].max_steps == 100
@@ -148,6 +154,16 @@ def test_study_plan_budget(tmp_path):
     opts = StudyOptions(steps=10, variants=("dcgan", "wgan"), overrides={"model.width": 16})
     _, configs = plan(tmp_path, "s", opts)
     assert {c.model.width for c in configs.values()} == {16}
+    # one run per variant and seed, seed by seed; the first seed keeps the v1 folder
+    opts = StudyOptions(steps=10, variants=("dcgan", "wgan"), seeds=(3, 4))
+    plans, configs = plan(tmp_path, "s", opts)
+    assert [(p.variant, p.seed, p.run_dir.name) for p in plans] == [
+        ("dcgan", 3, "dcgan"),
+        ("wgan", 3, "wgan"),
+        ("dcgan", 4, "dcgan-seed4"),
+        ("wgan", 4, "wgan-seed4"),
+    ]
+    assert [configs[p.run_dir].train.seed for p in plans] == [3, 3, 4, 4]
 
 
 @pytest.mark.slow
@@ -178,19 +194,43 @@ def test_study_trains_then_reuses(setup, tmp_path):
         root / "clf.pt",
         "--set",
         "model.width=8",
+        "--seeds",
+        2,
+        "--detect-limit",
+        100,
     ]
     try:
         res = invoke(*args)
         assert res.exit_code == 0, res.output
-        body = json.loads((tmp_path / "study" / "report" / "metrics.json").read_text())
-        assert [r["variant"] for r in body["runs"]] == ["cdcgan"]
+        report = tmp_path / "study" / "report"
+        body = json.loads((report / "metrics.json").read_text())
+        assert [r["name"] for r in body["runs"]] == ["cdcgan", "cdcgan-seed1"]
         assert body["runs"][0]["latest"]["step"] == 2
         assert body["study"]["variants"]["cdcgan"]["max_steps"] == 2
-        assert body["study"]["overrides"] == {"model.width": 8}
+        assert body["study"]["overrides"] == {"model.width": 8} and body["study"]["seeds"] == [0, 1]
+        # The held-out reference, the two seeds summarised, the detector on the variant.
+        assert body["real"]["split"] == "test" and "split `test`" in body["study"]["reference_note"]
+        summary = body["study"]["summary"]
+        fid = summary["estimates"]["fid"]["cdcgan"]
+        assert fid["n"] == 2 and fid["lo"] <= fid["mean"] <= fid["hi"]
+        assert 0 <= summary["detectability"]["own"]["cdcgan"]["mean"] <= 1
+        assert [c["claim"] for c in summary["claims"]] == [1, 2, 3, 4]
+        md = (report / "report.md").read_text()
+        assert "## Verdicts on the original study's claims" in md and "own-detector AUC" in md
+        assert (report / "detection" / "matrix.md").is_file()
         run_cfg = (tmp_path / "study" / "runs" / "cdcgan" / "config.yaml").read_text()
-        assert "width: 8" in run_cfg
-        res = invoke(*args)  # second time: the run reached the budget, nothing retrains
-        assert res.exit_code == 0 and "cdcgan: reusing" in res.output, res.output
+        assert (
+            "width: 8" in run_cfg
+            and "seed: 1"
+            in (tmp_path / "study" / "runs" / "cdcgan-seed1" / "config.yaml").read_text()
+        )
+        cached = sorted((tmp_path / "study" / "runs" / "cdcgan" / "quality").glob("eval-*.json"))
+        assert len(cached) == 1
+        stamp = cached[0].stat().st_mtime_ns
+        res = invoke(*args)  # second time: nothing retrains, nothing is evaluated again
+        assert res.exit_code == 0 and "cdcgan seed 0: reusing" in res.output, res.output
         assert "training" not in res.output.split("reusing")[0]
+        assert "detector trained on" not in res.output
+        assert cached[0].stat().st_mtime_ns == stamp  # read from the cache, not rewritten
     finally:
         ray.shutdown()

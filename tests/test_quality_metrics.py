@@ -36,6 +36,30 @@ def test_fid_of_a_set_with_itself_is_zero_and_grows_with_shift():
     assert large == pytest.approx(16.0, rel=0.25)
 
 
+def test_fid_sampling_error_is_the_spread_over_resamples_and_falls_with_n():
+    """The bootstrap's FID is torchmetrics' formula; its standard error falls about as
+    1/sqrt(n) and matches the spread over independent fake sets."""
+    real = gaussian(2000)
+    stats = real.double().mean(0), torch.cov(real.double().T)
+    fake = gaussian(500, shift=0.3, seed=1)
+    assert M.frechet_to(stats, fake) == pytest.approx(M.fid(real, fake), rel=1e-9)
+    small = M.fid_bootstrap_se(real, gaussian(250, shift=0.3, seed=1), replicates=40)
+    large = M.fid_bootstrap_se(real, gaussian(2000, shift=0.3, seed=1), replicates=40)
+    assert small > large > 0
+    assert 1.5 < small / large < 5  # sqrt(8) = 2.8 expected
+    # Spread of the FID over independent fake sets of 250: the same order as the bootstrap's.
+    spread = torch.tensor([M.fid(real, gaussian(250, shift=0.3, seed=s)) for s in range(2, 22)])
+    assert 0.5 < small / float(spread.std()) < 2
+
+
+def test_per_class_kid():
+    real, fake = gaussian(300), gaussian(300, shift=0.6, seed=1)
+    labels = torch.arange(300) % 3
+    same = M.intra_class_kid(real, labels, gaussian(300, seed=2), labels, ["a", "b", "c"], 50, 10)
+    far = M.intra_class_kid(real, labels, fake, labels, ["a", "b", "c"], 50, 10)
+    assert set(far) == {"a", "b", "c"} and all(far[c] > 5 * abs(same[c]) for c in far)
+
+
 def test_kid_near_zero_for_same_distribution_and_larger_when_shifted():
     real = gaussian(400)
     same_mean, same_std = M.kid(real, gaussian(400, seed=1), subset_size=200, subsets=20)

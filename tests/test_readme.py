@@ -80,6 +80,7 @@ BARE_FIGURE = re.compile(
 ALLOWED = {
     "over 16 Mpixel": "an upload limit of the app",
     "sampled every 0.5 s": "the queue-depth gauge's sampling interval (code)",
+    "95% interval": "the confidence level of the study's intervals (study_stats.CONFIDENCE)",
 }
 NOT_MEASURED = re.compile(r"<!-- not-measured -->.*?<!-- /not-measured -->", re.S)
 INLINE_CODE = re.compile(r"`[^`\n]*`")

@@ -274,7 +274,7 @@ def test_the_study_compares_all_seven_by_default(tmp_path):
     plans, configs = plan(tmp_path, "shards", StudyOptions(steps=40))
     by = {p.variant: p for p in plans}
     assert by["cstylegan2"].max_steps == 40 and by["wgan-gp"].max_steps == 8
-    assert configs["stylegan2"].loss.r1_gamma == 0.01
+    assert configs[by["stylegan2"].run_dir].loss.r1_gamma == 0.01
 
 
 # --- the G EMA measured in images ------------------------------------------------------------
