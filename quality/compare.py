@@ -59,7 +59,7 @@ def evaluate_runs(
     if s.class_name is not None and s.class_name not in classes:
         raise EvalError(f"unknown class {s.class_name!r}; the dataset has: {', '.join(classes)}")
     extractor = build_extractor(s.inception_weights, s.classifier)
-    judge = judge_for(classes, s)
+    judge = judge_for(classes, s, extractor)
     ref = build_reference(data, s, extractor, judge, progress)
     # One bar over every checkpoint of every run: its ETA covers the whole evaluation.
     keys = [cache_key(ckpts, s, extractor.name, ref) if reuse else None for ckpts in chosen]

@@ -144,7 +144,7 @@ def build_reference(
     real = load_real(data, s.real_split, limit=s.real_limit, seed=s.seed, progress=progress)
     label = "real features" if progress else None
     feats = extract(extractor, real.images, s.batch_size, label)
-    probs = extract(judge.probs, real.images, s.batch_size) if judge is not None else None
+    probs = probs_of(judge, real.images, feats, extractor, s) if judge is not None else None
     # Precision/recall compares equal-sized sets (as Kynkaanniemi et al.); O(N^2) distances.
     n_pr = min(len(feats), s.num_samples)
     idx = torch.randperm(len(feats), generator=torch.Generator().manual_seed(s.seed))[:n_pr]
@@ -173,7 +173,7 @@ def score_images(
     out["kid_se"] = out["kid_std"] / math.sqrt(max(1, min(len(feats), len(ref.features)) // n_kid))
     out["precision"], out["recall"] = M.precision_recall(ref.pr_features, feats, s.pr_k)
     if judge is not None:
-        probs = extract(judge.probs, images, s.batch_size)
+        probs = probs_of(judge, images, feats, extractor, s)
         out["classifier_score"], out["classifier_score_std"] = M.classifier_score(probs)
         if labels is not None:
             acc = M.per_class_accuracy(probs, labels, ref.data.classes)
@@ -214,13 +214,28 @@ def _per_class(out: dict, feats: torch.Tensor, labels: torch.Tensor, ref, s: Eva
         )
 
 
-def judge_for(data_classes: list[str], s: EvalSettings) -> ClassifierExtractor | None:
-    """The domain classifier judges class-wise metrics only if it knows these exact classes."""
-    try:
-        judge = build_classifier_extractor(s.classifier)
-    except (ValueError, FileNotFoundError):
-        return None
+def judge_for(
+    data_classes: list[str], s: EvalSettings, extractor=None
+) -> ClassifierExtractor | None:
+    """The domain classifier judges class-wise metrics only if it knows these exact classes.
+    When the features come from that same classifier (`extractor`), it is the judge: its class
+    probabilities then come from the features already extracted (`probs_of`), one pass less."""
+    if isinstance(extractor, ClassifierExtractor) and not s.inception_weights:
+        judge = extractor
+    else:
+        try:
+            judge = build_classifier_extractor(s.classifier)
+        except (ValueError, FileNotFoundError):
+            return None
     return judge if judge.classes in ([], data_classes) else None
+
+
+def probs_of(judge: ClassifierExtractor, images: torch.Tensor, feats, extractor, s) -> torch.Tensor:
+    """Class probabilities of `images` [N, K] (float64, as `extract` gives): from their features
+    `feats` when the judge is the feature network itself, else from a pass of the judge."""
+    if judge is extractor:
+        return judge.probs_from_features(feats)
+    return extract(judge.probs, images, s.batch_size)
 
 
 def evaluate_run(

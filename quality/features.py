@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ganforge.quality.classifier import CifarClassifier, load_classifier
+from ganforge.quality.classifier import LOGIT_SCALE, CifarClassifier, load_classifier
 
 DEFAULT_CLASSIFIER = Path(__file__).parent / "weights" / "cifar10-classifier.pt"
 
@@ -48,6 +48,13 @@ class ClassifierExtractor(nn.Module):
     def probs(self, x: torch.Tensor) -> torch.Tensor:
         """Softmax class probabilities [B, num_classes]."""
         return self.model(_fit(x, self.model.channels, self.input_size)).softmax(-1)
+
+    @torch.no_grad()
+    def probs_from_features(self, feats: torch.Tensor) -> torch.Tensor:
+        """What `probs` gives, from this network's own features [N, D] (no second pass); float64
+        like `extract`'s output."""
+        logits = self.model.head(feats.float()) * LOGIT_SCALE
+        return logits.softmax(-1).double()
 
 
 class InceptionExtractor(nn.Module):

@@ -162,6 +162,8 @@ def test_tiny_classifier_and_extractor_on_real_images(tiny):
     assert set(acc) == set(CLASSES) and min(acc.values()) > 0.8
     # held-out real vs real is closer than real vs a colour-shifted copy
     f_train, f_test = extract(ext, train.images), extract(ext, test.images)
+    # The judge's probabilities from the features already extracted: the same numbers.
+    assert torch.equal(ext.probs_from_features(f_test), probs)
     shifted = (test.images.int() + torch.tensor([60, -60, 0]).view(1, 3, 1, 1)).clamp(0, 255)
     f_shift = extract(ext, shifted.to(torch.uint8))
     assert M.fid(f_train, f_test) < M.fid(f_train, f_shift)

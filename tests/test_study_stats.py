@@ -207,3 +207,19 @@ def test_detectability_ranks_lower_auc_as_the_harder_fake():
     r = summarize(body, detect)["rankings"]
     assert r["detect_own"]["order"] == "cdcgan < dcgan" and r["detect_own"]["best"] == ["cdcgan"]
     assert r["detect_all"]["order"] == "cdcgan ~ dcgan" and len(r["detect_all"]["best"]) == 2
+
+
+def test_the_reference_is_held_out_of_the_feature_network(tmp_path):
+    """The study compares with the split the classifier never trained on, and says so; a
+    classifier whose record does not name that split as held out gets the warning instead."""
+    from ganforge.quality.study import reference_note, study_settings
+
+    s = study_settings()
+    assert s.real_split == "test" and s.num_samples >= 10_000 and s.fid_bootstrap > 0
+    assert "never trained on" in reference_note(s)
+    clf = tmp_path / "clf.pt"
+    clf.with_suffix(".json").write_text('{"test_split": "test"}')
+    assert "may be in-sample" in reference_note(
+        study_settings(real_split="train", classifier=str(clf))
+    )
+    assert "never trained on" in reference_note(study_settings(classifier=str(clf)))
