@@ -209,6 +209,12 @@ def study_cmd(
         "--set",
         help="Config override for every variant, e.g. --set model.width=32 (repeatable).",
     ),
+    part: str | None = typer.Option(
+        None,
+        "--part",
+        help="K/N: train only runs K, K+N, K+2N, ... of the plan and stop (no report), to split "
+        "a study over N processes or machines sharing --out; then run without --part.",
+    ),
 ) -> None:
     """Train every variant with the same budget and several seeds (reusing finished runs), then
     compare them: report.md says, for each figure, which variants differ and which tie."""
@@ -221,7 +227,7 @@ def study_cmd(
     from ganforge.quality.detect_sources import DetectError
     from ganforge.quality.evaluate import EvalError
     from ganforge.quality.features import ExtractorError
-    from ganforge.quality.study import StudyOptions, run_study, study_settings
+    from ganforge.quality.study import StudyOptions, run_study, study_settings, train_part
     from ganforge.quality.study_detect import DetectOptions
 
     s = study_settings(
@@ -243,11 +249,26 @@ def study_cmd(
             seeds=tuple(range(seed, seed + seeds)),
             overrides=dict(parse_override(x) for x in set_),
         )
+        if part is not None:
+            k, n = _parse_part(part)
+            done = train_part(data, out, opts, k, n)
+            typer.echo(
+                f"part {k}/{n}: {len(done)} run(s) trained or reused; run the command without "
+                "--part (once every part is done) for the report"
+            )
+            return
         body = run_study(data, out, opts, eval_settings=s, progress=True, detect=detect_opts)
     except (ConfigError, EvalError, DataError, ExtractorError, DetectError) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
     _print_summary(body, out / "report", time.monotonic() - t0, "study")
+
+
+def _parse_part(text: str) -> tuple[int, int]:
+    k, sep, n = text.partition("/")
+    if not (sep and k.isdigit() and n.isdigit() and 0 <= int(k) < int(n)):
+        raise typer.BadParameter(f"{text!r}: expected K/N with 0 <= K < N", param_hint="--part")
+    return int(k), int(n)
 
 
 def _require_training() -> None:

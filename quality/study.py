@@ -158,13 +158,28 @@ def run_study(
     """Train (or reuse) each variant's runs (one per seed) under OUT/runs, measure their
     detectability (`detect`: DetectOptions, None = skip) and write OUT/report with the summary
     over seeds. Every stage reuses what an earlier call finished."""
+    out = Path(out)
+    plans, configs = plan(out, str(data), opts)
+    _train_unfinished(plans, configs, progress)
+    return report_study(data, out, opts, plans, configs, eval_settings, progress, detect)
+
+
+def train_part(data: str | Path, out: str | Path, opts: StudyOptions, part: int, parts: int):
+    """Train only runs part, part + parts, ... of the plan (no report): several processes or
+    machines sharing OUT split a study so, then one `run_study` reuses them all."""
+    if not 0 <= part < parts:
+        raise ValueError(f"--part {part}/{parts}: the part must be in 0..{parts - 1}")
+    plans, configs = plan(Path(out), str(data), opts)
+    _train_unfinished(plans[part::parts], configs, progress=True)
+    return plans[part::parts]
+
+
+def report_study(data, out: Path, opts, plans, configs, eval_settings, progress, detect) -> dict:
+    """Detectability, evaluation (cached per run) and the report of trained runs."""
     from ganforge.quality.compare import evaluate_runs
     from ganforge.quality.study_detect import detectability
     from ganforge.quality.study_summary import summarize
 
-    out = Path(out)
-    plans, configs = plan(out, str(data), opts)
-    _train_unfinished(plans, configs, progress)
     settings = eval_settings or study_settings(opts.seed)
     study = _study_summary(opts, plans, configs)
     study["reference_note"] = reference_note(settings)

@@ -166,6 +166,12 @@ def test_study_plan_budget(tmp_path):
     assert [configs[p.run_dir].train.seed for p in plans] == [3, 3, 4, 4]
 
 
+@pytest.mark.parametrize("part", ["2/2", "1", "a/b", "-1/2"])
+def test_study_part_must_be_k_of_n(tmp_path, part):
+    res = invoke("study", "--data", tmp_path, "--steps", 1, "--out", tmp_path, "--part", part)
+    assert res.exit_code == 2 and "expected K/N with 0 <= K < N" in res.output, res.output
+
+
 @pytest.mark.slow
 def test_study_trains_then_reuses(setup, tmp_path):
     """Real Ray + DeepSpeed training of one tiny conditional variant, then the comparison."""
