@@ -812,7 +812,8 @@ def test_the_page_as_a_user_drives_it_in_chromium(server, client, tmp_path):
         # Upload to /v1/score: the table shows the critic's answer for the file.
         upload = tmp_path / "upload.png"
         upload.write_bytes(base64.b64decode(gen(client, model="cd", seed=5).json()["images"][0]))
-        assert page.js("document.getElementById('check-kind').hidden")  # no detector served
+        # The app serves a detector: the page offers it next to the critic (critic by default).
+        assert not page.js("document.getElementById('check-kind').hidden")
         page.choose_files("#files", [upload])
         page.click("#check")
         page.wait_for("!document.getElementById('check-results').hidden")
@@ -826,6 +827,24 @@ def test_the_page_as_a_user_drives_it_in_chromium(server, client, tmp_path):
             ).json()["scores"][0]
         assert rows == [["upload.png", f"{scored['score']:.3f}", CLASSES[scored["label"]], "no"]]
         assert "logit" in page.js("document.getElementById('check-caption').textContent")
+        # The same file through the deepfake detector: its calibrated P(fake), as the API says.
+        page.click("input[name=kind][value=detect]")
+        page.js("document.getElementById('check-results').hidden = true")
+        page.click("#check")
+        page.wait_for("!document.getElementById('check-results').hidden")
+        with open(upload, "rb") as f:
+            found = client.post("/v1/detect", files=[("files", ("upload.png", f))]).json()
+        det = found["detections"][0]
+        assert page.js(
+            "[...document.querySelectorAll('#check-head th')].map((th) => th.textContent)"
+        ) == ["filename", "p_fake", "verdict", "resized"]
+        cells = page.js(
+            "[...document.querySelectorAll('#check-body td')].map((td) => td.textContent)"
+        )
+        assert cells[0] == "upload.png" and cells[2:] == [det["verdict"], "false"]
+        assert float(cells[1]) == pytest.approx(det["p_fake"], rel=1e-3)
+        assert "not proof" in page.js("document.getElementById('check-caveat').textContent")
+        page.click("input[name=kind][value=score]")
 
         # A bad seed is an error line, not a request.
         page.click("label[for=seed]")
