@@ -85,12 +85,16 @@ def study_markdown(body: dict[str, Any], plot: str | None = None) -> list[str]:
         "",
         *_summary_table(body, summary),
         "",
-        "## Rankings (`<`: the intervals separate; `~`: they overlap, a tie)",
+        "## Rankings (best first; `<` or `>`: the intervals separate; `~`: they overlap, a tie)",
         "",
     ]
     for r in summary["rankings"].values():
         tie = " (tied for best)" if len(r["best"]) > 1 else ""
-        lines.append(f"- **{r['label']}**: {r['order']}; best: {', '.join(r['best'])}{tie}")
+        pairs = ", ".join(r.get("separated") or []) or "none"
+        lines.append(
+            f"- **{r['label']}**: {r['order']}; best: {', '.join(r['best'])}{tie}; "
+            f"pairs that separate: {pairs}"
+        )
     lines += _detection(body)
     lines += ["", "## Still improving at the end of the budget?", ""]
     improving = summary["curves"]["still_improving"]

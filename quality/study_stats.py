@@ -74,15 +74,16 @@ def estimate(
 
 
 def order(estimates: Mapping[str, Estimate], lower_is_better: bool) -> str:
-    """ "a < b ~ c": best first; `<` between neighbours whose intervals are disjoint, `~` (tie)
-    where they overlap. Neighbours only: `a ~ b ~ c` does not say whether a and c separate
-    (`separated` does)."""
+    """`a < b ~ c` (lower is better) or `a > b ~ c` (higher is better): best first; `<`/`>`
+    between neighbours whose intervals are disjoint, `~` (tie) where they overlap. Neighbours
+    only: `a ~ b ~ c` does not say whether a and c separate (`separated` does)."""
     names = sorted(estimates, key=lambda k: estimates[k].mean, reverse=not lower_is_better)
     if not names:
         return ""
+    sign = "<" if lower_is_better else ">"
     out = names[0]
     for a, b in zip(names, names[1:], strict=False):
-        out += f" {'<' if _better(estimates[a], estimates[b], lower_is_better) else '~'} {b}"
+        out += f" {sign if _better(estimates[a], estimates[b], lower_is_better) else '~'} {b}"
     return out
 
 

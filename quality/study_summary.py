@@ -26,6 +26,7 @@ from ganforge.quality.study_stats import (
     fmt,
     num,
     order,
+    separated,
 )
 
 # (key, label, lower is better; None: closer to the real images is better, no ranking)
@@ -211,6 +212,18 @@ def detect_estimates(detect: dict[str, Any] | None) -> dict[str, dict[str, Estim
     return out
 
 
+def _ranking(label: str, est: dict[str, Estimate], lower: bool) -> dict[str, Any]:
+    """`order` says neighbours only; `separated` lists every pair whose intervals separate
+    (better first), so that `a ~ b ~ c` with a < c is not read as a three-way tie."""
+    beats = separated(est, lower)
+    return {
+        "label": label,
+        "order": order(est, lower),
+        "best": best(est, lower),
+        "separated": [f"{a} {'<' if lower else '>'} {b}" for a in est for b in beats[a]],
+    }
+
+
 def summarize(body: dict[str, Any], detect: dict[str, Any] | None = None) -> dict[str, Any]:
     """The study's `summary` section (JSON-ready)."""
     runs = body["runs"]
@@ -220,19 +233,13 @@ def summarize(body: dict[str, Any], detect: dict[str, Any] | None = None) -> dic
     for key, label, lower in FIGURES:
         if lower is None or key not in est:
             continue
-        rankings[key] = {
-            "label": label,
-            "order": order(est[key], lower),
-            "best": best(est[key], lower),
-        }
+        rankings[key] = _ranking(label, est[key], lower)
     det = detect_estimates(detect)
     for which, label in (("own", "own-detector AUC"), ("all", "all-variants detector AUC")):
         if which in det:  # lower AUC = harder to detect = the better deepfake
-            rankings[f"detect_{which}"] = {
-                "label": f"{label} (lower: harder to detect)",
-                "order": order(det[which], True),
-                "best": best(det[which], True),
-            }
+            rankings[f"detect_{which}"] = _ranking(
+                f"{label} (lower: harder to detect)", det[which], True
+            )
     return {
         "seeds": {v: len(r) for v, r in by_variant(runs).items()},
         "stats_compared": "as stored (fakes JPEG-encoded like the reals)"

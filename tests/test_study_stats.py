@@ -91,7 +91,7 @@ def test_ties_are_said_as_ties():
     tied = {"a": _e(1.0, 0.5), "b": _e(1.4, 0.5), "c": _e(3.0, 0.1)}
     assert best(tied, lower_is_better=True) == ["a", "b"]
     # Higher is better (precision): the order flips, the rule does not.
-    assert order(tied, lower_is_better=False) == "c < b ~ a"
+    assert order(tied, lower_is_better=False) == "c > b ~ a"
     assert best(tied, lower_is_better=False) == ["c"]
 
 
@@ -161,6 +161,8 @@ def test_the_summary_gives_each_claim_its_verdict():
     assert fid["cdcgan"]["mean"] == pytest.approx(45.0) and fid["cdcgan"]["source"] == "seeds"
     assert s["rankings"]["fid"]["order"] == "cdcgan < dcgan < wgan-gp ~ cwgan-gp < wgan"
     assert s["rankings"]["fid"]["best"] == ["cdcgan"]
+    assert "wgan-gp < wgan" in s["rankings"]["fid"]["separated"]
+    assert "wgan-gp < cwgan-gp" not in s["rankings"]["fid"]["separated"]  # a tie
     verdicts = {c["claim"]: c["verdict"] for c in s["claims"]}
     # (1) cDCGAN beats DCGAN but cWGAN-GP ties WGAN-GP: not every pair agrees -> undecided.
     assert verdicts[1] == UNDECIDED
