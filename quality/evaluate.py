@@ -251,6 +251,7 @@ def evaluate_run(
     also keeps the latest one's samples. `bar`: a tqdm bar over the whole evaluation's
     checkpoints, advanced once per checkpoint."""
     rows, latest = [], None
+    latest_step = max(step for step, _ in ckpts)
     for step, ckpt in ckpts:
         if bar is not None:
             bar.set_postfix_str(f"{Path(run_dir).name} step {step}")
@@ -269,8 +270,8 @@ def evaluate_run(
             "images_seen": int(model.meta.get("images_seen", 0)),
             "checkpoint": str(ckpt),
         }
-        last = step == max(st for st, _ in ckpts)
-        row |= score_images(images, labels, ref, extractor, judge, s, s.fid_bootstrap * last)
+        boot = s.fid_bootstrap if step == latest_step else 0  # the latest checkpoint only
+        row |= score_images(images, labels, ref, extractor, judge, s, boot)
         rows.append(row)
         latest = model
         if bar is not None:

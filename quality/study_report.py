@@ -7,15 +7,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ganforge.quality.study_stats import num
+from ganforge.quality.study_stats import Estimate, fmt, num
 from ganforge.quality.study_summary import FIGURES, SCALE
 
 
 def _cell(e: dict[str, Any] | None, scale: float = 1.0) -> str:
-    if e is None:
-        return "-"
-    m, lo, hi = (num(e[k] * scale) for k in ("mean", "lo", "hi"))
-    return f"{m} [{lo}, {hi}]"
+    """An Estimate's dict (as the summary stores it) as `fmt` prints it; `-` when missing."""
+    return "-" if e is None else fmt(Estimate(**e), scale)
 
 
 def _summary_table(body: dict[str, Any], summary: dict[str, Any]) -> list[str]:

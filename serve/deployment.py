@@ -60,6 +60,11 @@ class Latent:
     """psi toward the mean w (models that truncate in w; their z is not truncated)."""
 
 
+async def _read_uploads(files: list[UploadFile]) -> list[tuple[bytes, str | None]]:
+    """(bytes, filename) of each upload; the body limit already capped their total size."""
+    return [(await f.read(), f.filename) for f in files]
+
+
 @serve.deployment(name="ganforge")
 @serve.ingress()  # the HTTP app comes from `__serve_build_asgi_app__`, once per replica
 class GanforgeServer:
@@ -219,7 +224,7 @@ class GanforgeServer:
         state["model"] = self._model_label(model)
         served = self.pool.get(model)
         self._check_upload_count(files)
-        uploads = [(await f.read(), f.filename) for f in files]
+        uploads = await _read_uploads(files)
         decoded, scores = await asyncio.to_thread(self._decode_and_score, served, uploads, label)
         return ScoreResponse(
             model=model,
@@ -251,7 +256,7 @@ class GanforgeServer:
                 404, "no deepfake detector is served here (start ganforge serve with --detector)"
             )
         self._check_upload_count(files)
-        uploads = [(await f.read(), f.filename) for f in files]
+        uploads = await _read_uploads(files)
         probs, resized, ms = await asyncio.to_thread(self._decode_and_detect, detector, uploads)
         found = detections([f.filename for f in files], probs, resized)
         self.metrics.detector_latency.observe(ms)
