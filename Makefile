@@ -3,6 +3,7 @@
 #   make test   - set up, then lint (ruff, import contracts) and run the test suite (CI)
 #   make test-e2e - the e2e tier: the longest end-to-end scenarios, minutes each
 #   make gpu-check - everything only a GPU shows (kernels, speed, train-step MFU), one call
+#   make gpu-study - the whole quality study on one GPU, one call (bench/gpu_study.py)
 # GPU machines: make install TORCH_INDEX=https://download.pytorch.org/whl/cu128
 VENV ?= .venv
 PYTHON ?= python3
@@ -11,7 +12,8 @@ TORCH_INDEX ?=
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.ganforge-installed
 
-.PHONY: install demo test test-e2e lint format clean lock gpu-check gpu-wheels
+.PHONY: install demo test test-e2e lint format clean lock gpu-check gpu-wheels gpu-study \
+  gpu-study-data
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -67,9 +69,21 @@ GPU_CHECK_ARGS ?=
 gpu-check:
 	$(GPU_PYTHON) -m bench.gpu_check --out $(OUT) --wheels $(GPU_WHEELS) $(GPU_CHECK_ARGS)
 
+# The study in one call on one GPU (bench/gpu_study.py): OUT/gpu-study.json and
+# OUT/study-report.tar.gz. Needs the wheels (gpu-wheels) and the CIFAR-10 archive in build/
+# (gpu-study-data), which travel with the checkout.
+CIFAR_ARCHIVE ?= ../shared/datasets/cifar10-jpg.tar.gz
+GPU_STUDY_ARGS ?=
+gpu-study:
+	$(GPU_PYTHON) -m bench.gpu_study --out $(OUT)-study --wheels $(GPU_WHEELS) \
+	  --archive build/cifar10-jpg.tar.gz $(GPU_STUDY_ARGS)
+gpu-study-data:
+	mkdir -p build && cp -n $(CIFAR_ARCHIVE) build/cifar10-jpg.tar.gz
+
 # The wheels the check installs offline where pydantic/PyYAML are missing (3.6 MB for CPython
 # $(GPU_PY) on x86-64 Linux), at the versions constraints.txt pins. Run where there is network.
-GPU_WHEEL_PKGS := pydantic pydantic_core annotated-types typing-inspection typing_extensions PyYAML
+GPU_WHEEL_PKGS := pydantic pydantic_core annotated-types typing-inspection typing_extensions PyYAML \
+  webdataset braceexpand
 gpu-wheels:
 	$(GPU_PYTHON) -m pip download --only-binary=:all: --no-deps --python-version $(GPU_PY) \
 	  --platform manylinux2014_x86_64 -d $(GPU_WHEELS) \

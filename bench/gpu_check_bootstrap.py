@@ -95,6 +95,26 @@ def map_package(root: Path = ROOT) -> str:
     return "checkout"
 
 
+def stage_package(target: Path, root: Path = ROOT) -> Path:
+    """An installed-like `ganforge` of symbolic links in `target` (ganforge/<part> -> the
+    checkout's <part>/), first on sys.path. For programs that start processes (spawn): a child
+    imports `ganforge` from sys.path, where `map_package`'s `__path__` entry does not reach."""
+    mapping = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]
+    pkg = target / "ganforge"
+    pkg.mkdir(parents=True)
+    for f in (root / "ganforge").iterdir():
+        if f.name != "__pycache__":
+            (pkg / f.name).symlink_to(f)
+    for package, folder in mapping["package-dir"].items():
+        if package != "ganforge":
+            (pkg / package.split(".")[-1]).symlink_to(root / folder)
+    for name in [m for m in sys.modules if m == "ganforge" or m.startswith("ganforge.")]:
+        del sys.modules[name]
+    sys.path.insert(0, str(target))
+    importlib.invalidate_caches()
+    return pkg
+
+
 def bootstrap(wheels: Path) -> dict[str, str]:
     """Both steps; returns what was done (recorded in env.json)."""
     done = {"third_party": "present"}

@@ -181,6 +181,12 @@ def study_cmd(
     classifier: Path | None = typer.Option(
         None, "--classifier", help="Classifier weights (default: the shipped CIFAR-10 one)."
     ),
+    inception_weights: Path | None = typer.Option(
+        None,
+        "--inception-weights",
+        help="Inception-v3 weights (torch-fidelity format): FID and KID on Inception features "
+        "too, beside the classifier's (needs torch-fidelity).",
+    ),
     real_split: str = typer.Option(
         "test",
         "--real-split",
@@ -209,6 +215,21 @@ def study_cmd(
         "--set",
         help="Config override for every variant, e.g. --set model.width=32 (repeatable).",
     ),
+    trainer: str = typer.Option(
+        "ray",
+        "--trainer",
+        help="ray: Ray Train + DeepSpeed, as `ganforge train`. single: each run in one process "
+        "on --device without them (no resuming mid-run; for one GPU box or a laptop).",
+    ),
+    device: str = typer.Option(
+        "cpu",
+        "--device",
+        help="cpu or cuda[:N]: where the single-process trainer trains and where the "
+        "evaluation runs the generators and feature networks.",
+    ),
+    jobs: int = typer.Option(
+        1, "--jobs", min=1, help="Single-process runs trained at a time (they share --device)."
+    ),
     part: str | None = typer.Option(
         None,
         "--part",
@@ -221,12 +242,16 @@ def study_cmd(
     t0 = time.monotonic()
     if budget not in ("images", "g-steps"):
         raise typer.BadParameter("must be images or g-steps", param_hint="--budget")
-    _require_training()
+    if trainer not in ("ray", "single"):
+        raise typer.BadParameter("must be ray or single", param_hint="--trainer")
+    _check_device(device)
+    if trainer == "ray":
+        _require_training()
     from ganforge.config import ConfigError, parse_override
     from ganforge.data import DataError
     from ganforge.quality.detect_sources import DetectError
     from ganforge.quality.evaluate import EvalError
-    from ganforge.quality.features import ExtractorError
+    from ganforge.quality.features import ExtractorError, InceptionExtractor
     from ganforge.quality.study import StudyOptions, run_study, study_settings, train_part
     from ganforge.quality.study_detect import DetectOptions
 
@@ -236,9 +261,13 @@ def study_cmd(
         real_split=real_split,
         class_name=class_name,
         classifier=str(classifier) if classifier else None,
+        also_inception=str(inception_weights) if inception_weights else None,
+        device=None if device == "cpu" else device,
     )
     detect_opts = DetectOptions(limit=detect_limit, seed=seed) if detect else None
     try:
+        if inception_weights is not None:  # fail now, not after hours of training
+            InceptionExtractor(inception_weights)
         opts = StudyOptions(
             steps=steps,
             variants=tuple(variants),
@@ -248,6 +277,9 @@ def study_cmd(
             seed=seed,
             seeds=tuple(range(seed, seed + seeds)),
             overrides=dict(parse_override(x) for x in set_),
+            trainer=trainer,
+            device=device,
+            jobs=jobs,
         )
         if part is not None:
             k, n = _parse_part(part)
@@ -269,6 +301,19 @@ def _parse_part(text: str) -> tuple[int, int]:
     if not (sep and k.isdigit() and n.isdigit() and 0 <= int(k) < int(n)):
         raise typer.BadParameter(f"{text!r}: expected K/N with 0 <= K < N", param_hint="--part")
     return int(k), int(n)
+
+
+def _check_device(device: str) -> None:
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda"):
+        raise typer.BadParameter(f"{device!r}: expected cpu or cuda[:N]", param_hint="--device")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise typer.BadParameter("CUDA is not available on this machine", param_hint="--device")
 
 
 def _require_training() -> None:

@@ -28,7 +28,7 @@ from ganforge.quality.evaluate import (
     select_checkpoints,
     write_run_metrics,
 )
-from ganforge.quality.features import build_extractor
+from ganforge.quality.features import InceptionExtractor, build_extractor
 from ganforge.quality.report import write_report
 from ganforge.rundir import CheckpointDir, RunDir
 from ganforge.storage import is_uri, sha256_file
@@ -59,8 +59,9 @@ def evaluate_runs(
     if s.class_name is not None and s.class_name not in classes:
         raise EvalError(f"unknown class {s.class_name!r}; the dataset has: {', '.join(classes)}")
     extractor = build_extractor(s.inception_weights, s.classifier)
+    second = InceptionExtractor(s.also_inception) if s.also_inception else None
     judge = judge_for(classes, s, extractor)
-    ref = build_reference(data, s, extractor, judge, progress)
+    ref = build_reference(data, s, extractor, judge, progress, second)
     # One bar over every checkpoint of every run: its ETA covers the whole evaluation.
     keys = [cache_key(ckpts, s, extractor.name, ref) if reuse else None for ckpts in chosen]
     cached = [_cached(m, k) for m, k in zip(local, keys, strict=True)]
@@ -88,6 +89,7 @@ def evaluate_runs(
             run["run_dir"] = uris[run["run_dir"]]
     body = {
         "extractor": extractor.name,
+        "second_extractor": ref.second.name if ref.second is not None else None,
         "judge": judge.name if judge is not None else None,
         "settings": asdict(s),
         "data": str(data),
@@ -109,16 +111,27 @@ def evaluate_runs(
     return body
 
 
+LATER_SETTINGS = ("also_inception", "device")
+
+
 def cache_key(ckpts: list[tuple[int, Path]], s: EvalSettings, extractor: str, ref) -> str:
     """What decides a run's numbers: the settings (but the grid's class and width), the feature
-    network, the real reference, and each checkpoint's marker (its files' hashes)."""
-    settings = {k: v for k, v in asdict(s).items() if k not in ("class_name", "grid_columns")}
+    network(s), the real reference, and each checkpoint's marker (its files' hashes). Settings
+    added after caches were written (`LATER_SETTINGS`) count only when set, so those caches
+    still match."""
+    settings = {
+        k: v
+        for k, v in asdict(s).items()
+        if k not in ("class_name", "grid_columns") and not (k in LATER_SETTINGS and v is None)
+    }
     body = {
         "settings": settings,
         "extractor": extractor,
         "real": [len(ref.data.images), float(ref.features.sum()), ref.encoding],
         "checkpoints": [[step, sha256_file(CheckpointDir(p).marker)] for step, p in ckpts],
     }
+    if ref.second is not None:
+        body["second"] = [ref.second.name, float(ref.second.features.sum())]
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -45,6 +45,9 @@ class EvalSettings:
     class_name: str | None = None
     inception_weights: str | None = None
     classifier: str | None = None
+    # Inception-v3 weights for a second FID/KID beside the main extractor's (`inception_fid`,
+    # `inception_kid_mean`, ...): the study keeps the classifier's figures and adds these.
+    also_inception: str | None = None
     kid_subset_size: int = 1000
     kid_subsets: int = 50
     # Bootstrap replicates for the FID's sampling error of each run's latest checkpoint
@@ -53,6 +56,8 @@ class EvalSettings:
     pr_k: int = 3
     grid_columns: int = 10
     batch_size: int = 500
+    # Where the generators and feature networks run (None: the CPU); the metrics stay on the CPU.
+    device: str | None = None
 
 
 @dataclass
@@ -63,6 +68,19 @@ class RealReference:
     stats: dict[str, float]
     pr_features: torch.Tensor = field(repr=False, default=None)
     encoding: dict[str, Any] | None = None  # how the real images are stored, when lossy
+    second: SecondFeatures | None = None  # `also_inception`: the real set's Inception features
+
+
+@dataclass
+class SecondFeatures:
+    """A second feature network (Inception beside the classifier) and the real set's features."""
+
+    extractor: Any
+    features: torch.Tensor
+
+    @property
+    def name(self) -> str:
+        return self.extractor.name
 
 
 def mirror(run_dir: str | Path, which: str) -> Path:
@@ -123,7 +141,8 @@ def generate(
     batch_size: int = 500,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """n images as uint8 [n, C, H, W]; conditional generators get `labels` or balanced classes."""
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)  # on the CPU: the same images on every device
+    device = next(generator.parameters()).device
     num_classes = getattr(generator, "num_classes", 0)
     if num_classes and labels is None:
         labels = torch.arange(n) % num_classes
@@ -132,24 +151,36 @@ def generate(
     out = []
     for i in range(0, n, batch_size):
         b = min(batch_size, n - i)
-        z = torch.randn(b, generator.z_dim, generator=gen)
-        y = labels[i : i + b] if labels is not None else None
+        z = torch.randn(b, generator.z_dim, generator=gen).to(device)
+        y = labels[i : i + b].to(device) if labels is not None else None
         out.append(torch.from_numpy(to_uint8(generator(z, y))).permute(0, 3, 1, 2))
     return torch.cat(out).contiguous(), labels
 
 
 def build_reference(
-    data: str | Path, s: EvalSettings, extractor, judge: ClassifierExtractor | None, progress: bool
+    data: str | Path,
+    s: EvalSettings,
+    extractor,
+    judge: ClassifierExtractor | None,
+    progress: bool,
+    second_extractor=None,
 ) -> RealReference:
     real = load_real(data, s.real_split, limit=s.real_limit, seed=s.seed, progress=progress)
     label = "real features" if progress else None
-    feats = extract(extractor, real.images, s.batch_size, label)
+    feats = extract(extractor, real.images, s.batch_size, label, s.device)
     probs = probs_of(judge, real.images, feats, extractor, s) if judge is not None else None
     # Precision/recall compares equal-sized sets (as Kynkaanniemi et al.); O(N^2) distances.
     n_pr = min(len(feats), s.num_samples)
     idx = torch.randperm(len(feats), generator=torch.Generator().manual_seed(s.seed))[:n_pr]
     encoding = real_encoding(data, s.real_split)
-    return RealReference(real, feats, probs, image_stats(real.images), feats[idx], encoding)
+    second = None
+    if second_extractor is not None:
+        label = "real features (second network)" if progress else None
+        second = SecondFeatures(
+            second_extractor,
+            extract(second_extractor, real.images, s.batch_size, label, s.device),
+        )
+    return RealReference(real, feats, probs, image_stats(real.images), feats[idx], encoding, second)
 
 
 def score_images(
@@ -163,14 +194,15 @@ def score_images(
 ) -> dict[str, Any]:
     """All metrics of one set of generated images against the reference; `bootstrap` > 0 adds
     the FID's sampling error (`fid_se`)."""
-    feats = extract(extractor, images, s.batch_size)
-    out: dict[str, Any] = {"num_generated": len(images), "fid": M.fid(ref.features, feats)}
-    out["kid_mean"], out["kid_std"] = M.kid(
-        ref.features, feats, s.kid_subset_size, s.kid_subsets, s.seed
-    )
-    # The KID's sampling error: its subsets overlap, so count only the disjoint ones.
-    n_kid = min(s.kid_subset_size, len(feats), len(ref.features))
-    out["kid_se"] = out["kid_std"] / math.sqrt(max(1, min(len(feats), len(ref.features)) // n_kid))
+    feats = extract(extractor, images, s.batch_size, device=s.device)
+    out: dict[str, Any] = {"num_generated": len(images)}
+    out |= distances(ref.features, feats, s, bootstrap)
+    if ref.second is not None:
+        second = extract(ref.second.extractor, images, s.batch_size, device=s.device)
+        out |= {
+            f"inception_{k}": v
+            for k, v in distances(ref.second.features, second, s, bootstrap).items()
+        }
     out["precision"], out["recall"] = M.precision_recall(ref.pr_features, feats, s.pr_k)
     if judge is not None:
         probs = probs_of(judge, images, feats, extractor, s)
@@ -184,8 +216,21 @@ def score_images(
     out["stats"] = image_stats(images)
     if ref.encoding is not None:  # the fakes stored as the reals are: a like-for-like anchor
         out["stats_as_stored"] = image_stats(encode_like(images, ref.encoding))
+    return out
+
+
+def distances(
+    real: torch.Tensor, fake: torch.Tensor, s: EvalSettings, bootstrap: int = 0
+) -> dict[str, float]:
+    """FID and KID of two feature sets, with the KID's sampling error and (`bootstrap` > 0) the
+    FID's (`fid_se`)."""
+    out = {"fid": M.fid(real, fake)}
+    out["kid_mean"], out["kid_std"] = M.kid(real, fake, s.kid_subset_size, s.kid_subsets, s.seed)
+    # The KID's sampling error: its subsets overlap, so count only the disjoint ones.
+    n_kid = min(s.kid_subset_size, len(fake), len(real))
+    out["kid_se"] = out["kid_std"] / math.sqrt(max(1, min(len(fake), len(real)) // n_kid))
     if bootstrap:
-        out["fid_se"] = M.fid_bootstrap_se(ref.features, feats, bootstrap, s.seed)
+        out["fid_se"] = M.fid_bootstrap_se(real, fake, bootstrap, s.seed)
     return out
 
 
@@ -235,7 +280,7 @@ def probs_of(judge: ClassifierExtractor, images: torch.Tensor, feats, extractor,
     `feats` when the judge is the feature network itself, else from a pass of the judge."""
     if judge is extractor:
         return judge.probs_from_features(feats)
-    return extract(judge.probs, images, s.batch_size)
+    return extract(judge.probs, images, s.batch_size, device=s.device)
 
 
 def evaluate_run(
@@ -256,7 +301,7 @@ def evaluate_run(
         if bar is not None:
             bar.set_postfix_str(f"{Path(run_dir).name} step {step}")
         try:
-            model = load_model(ckpt)
+            model = load_model(ckpt, s.device or "cpu")
         except CheckpointError as e:
             raise EvalError(str(e)) from None
         n_cls = getattr(model.generator, "num_classes", 0)

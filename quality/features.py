@@ -111,13 +111,23 @@ def build_classifier_extractor(classifier: str | Path | None = None) -> Classifi
 
 @torch.no_grad()
 def extract(
-    fn, images: torch.Tensor, batch_size: int = 500, progress: str | None = None
+    fn,
+    images: torch.Tensor,
+    batch_size: int = 500,
+    progress: str | None = None,
+    device: str | None = None,
 ) -> torch.Tensor:
-    """Apply `fn` (an extractor or its `probs`) to uint8 images in batches -> float64 [N, D]."""
+    """Apply `fn` (an extractor or its `probs`) to uint8 images in batches -> float64 [N, D] on
+    the CPU; with `device`, `fn`'s network is moved there and the batches run there."""
     from tqdm import tqdm
 
+    if device is not None:
+        net = getattr(fn, "__self__", fn)  # a bound `probs`: its extractor
+        if isinstance(net, nn.Module):
+            net.to(device)
     out = []
     starts = range(0, len(images), batch_size)
     for i in tqdm(starts, desc=progress, disable=progress is None, leave=False):
-        out.append(fn(images[i : i + batch_size]).double())
+        batch = images[i : i + batch_size]
+        out.append(fn(batch.to(device) if device else batch).double().cpu())
     return torch.cat(out)

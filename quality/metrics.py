@@ -133,10 +133,9 @@ def fid_bootstrap_se(
     `replicates` resamples (with replacement) of `fake`, the real statistics held fixed.
 
     Written out rather than calling `fid` per replicate: torchmetrics would refit the real
-    Gaussian every time (half the cost). Same formula as torchmetrics: |mu_r - mu_f|^2 +
-    tr(S_r) + tr(S_f) - 2 sum sqrt(eigvals(S_r S_f)), in float64."""
-    r = real.double()
-    real_stats = r.mean(0), torch.cov(r.T)
+    Gaussian and take a general eigendecomposition every time; here the real side is fitted
+    once (`real_gaussian`) and each replicate needs one symmetric one (`frechet_to`)."""
+    real_stats = real_gaussian(real)
     gen = torch.Generator().manual_seed(seed)
     values = [
         frechet_to(real_stats, fake[torch.randint(len(fake), (len(fake),), generator=gen)])
@@ -145,12 +144,23 @@ def fid_bootstrap_se(
     return float(torch.tensor(values).std()) if len(values) > 1 else 0.0
 
 
-def frechet_to(real_stats: tuple[torch.Tensor, torch.Tensor], fake: torch.Tensor) -> float:
-    """FID of `fake` features against the real (mean, covariance), float64."""
-    mu_r, cov_r = real_stats
+def real_gaussian(real: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(mean, covariance, symmetric square root of the covariance) of features [N, D], float64."""
+    r = real.double()
+    cov = torch.cov(r.T)
+    vals, vecs = torch.linalg.eigh(cov)
+    return r.mean(0), cov, (vecs * vals.clamp(min=0).sqrt()) @ vecs.T
+
+
+def frechet_to(real_stats: tuple[torch.Tensor, ...], fake: torch.Tensor) -> float:
+    """FID of `fake` features against `real_gaussian`'s statistics, float64. The same value as
+    torchmetrics' |mu_r - mu_f|^2 + tr(S_r) + tr(S_f) - 2 sum sqrt(eigvals(S_r S_f)): with
+    R = sqrt(S_r), S_r S_f and R S_f R share their eigenvalues, and the latter is symmetric
+    (`eigvalsh`: several times faster than a general eigendecomposition at 2048 dimensions)."""
+    mu_r, cov_r, root_r = real_stats
     f = fake.double()
     mu_f, cov_f = f.mean(0), torch.cov(f.T)
-    root = torch.linalg.eigvals(cov_r @ cov_f).sqrt().real.sum()
+    root = torch.linalg.eigvalsh(root_r @ cov_f @ root_r).clamp(min=0).sqrt().sum()
     return float((mu_r - mu_f).square().sum() + cov_r.trace() + cov_f.trace() - 2 * root)
 
 

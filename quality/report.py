@@ -200,6 +200,11 @@ def markdown(body: dict[str, Any], files: dict[str, str]) -> str:
         "# ganforge quality report",
         "",
         f"- **Feature extractor:** {body['extractor']}",
+        *(
+            [f"- **Second feature extractor** (the Inception FID/KID): {body['second_extractor']}"]
+            if body.get("second_extractor")
+            else []
+        ),
         f"- **Class judge:** {body['judge'] or NO_JUDGE}",
         f"- **Real reference:** split `{body['real']['split']}` of `{body['data']}`, "
         f"{body['real']['num_images']} images (precision/recall on a random "

@@ -53,6 +53,11 @@ class StudyOptions:
     seeds: tuple[int, ...] | None = None  # training seeds; None: (seed,)
     # config key -> value applied to every variant alike, e.g. {"model.width": 32}
     overrides: Mapping[str, Any] = field(default_factory=dict)
+    # "ray": Ray Train + DeepSpeed (`ganforge train`); "single": one process per run on `device`
+    # without them (`cluster.single_process`), `jobs` runs at a time (they share the device)
+    trainer: str = "ray"
+    device: str = "cpu"
+    jobs: int = 1
 
     @property
     def training_seeds(self) -> tuple[int, ...]:
@@ -131,6 +136,11 @@ def reference_note(settings) -> str:
 
     if settings.inception_weights:
         return f"split `{settings.real_split}` against Inception-v3 features (ImageNet-trained)"
+    also = (
+        "; the Inception FID and KID use ImageNet-trained Inception-v3 features, out of sample too"
+        if settings.also_inception
+        else ""
+    )
     path = Path(settings.classifier) if settings.classifier else DEFAULT_CLASSIFIER
     try:
         held_out = json.loads(path.with_suffix(".json").read_text()).get("test_split")
@@ -139,11 +149,11 @@ def reference_note(settings) -> str:
     if held_out == settings.real_split:
         return (
             f"split `{settings.real_split}`, which the feature network ({path.name}) never "
-            "trained on: real and generated features are both out of its training sample"
+            "trained on: real and generated features are both out of its training sample" + also
         )
     return (
         f"split `{settings.real_split}`; the feature network's record does not say it was held "
-        "out of its training: real features may be in-sample while the fakes are not"
+        "out of its training: real features may be in-sample while the fakes are not" + also
     )
 
 
@@ -160,7 +170,7 @@ def run_study(
     over seeds. Every stage reuses what an earlier call finished."""
     out = Path(out)
     plans, configs = plan(out, str(data), opts)
-    _train_unfinished(plans, configs, progress)
+    _train_unfinished(plans, configs, progress, opts)
     return report_study(data, out, opts, plans, configs, eval_settings, progress, detect)
 
 
@@ -170,7 +180,7 @@ def train_part(data: str | Path, out: str | Path, opts: StudyOptions, part: int,
     if not 0 <= part < parts:
         raise ValueError(f"--part {part}/{parts}: the part must be in 0..{parts - 1}")
     plans, configs = plan(Path(out), str(data), opts)
-    _train_unfinished(plans[part::parts], configs, progress=True)
+    _train_unfinished(plans[part::parts], configs, True, opts)
     return plans[part::parts]
 
 
@@ -198,10 +208,10 @@ def report_study(data, out: Path, opts, plans, configs, eval_settings, progress,
     )
 
 
-def _train_unfinished(plans: list[StudyPlan], configs: dict, progress: bool) -> None:
-    """Train every planned run that has not reached its step count (resuming where it can)."""
-    from ganforge.cluster.launch import run_training
-
+def _train_unfinished(plans: list[StudyPlan], configs: dict, progress: bool, opts=None) -> None:
+    """Train every planned run that has not reached its step count: through Ray Train (resuming
+    where it can), or with the single-process trainer, `opts.jobs` runs at a time."""
+    todo = []
     for i, p in enumerate(plans, 1):
         at = f"[{i}/{len(plans)}] {p.variant} seed {p.seed}"  # each run's bar shows its ETA
         if p.finished:
@@ -211,7 +221,33 @@ def _train_unfinished(plans: list[StudyPlan], configs: dict, progress: bool) -> 
             f"{at}: training {p.max_steps} generator steps "
             f"(n_critic={p.n_critic}, from step {p.done_steps})"
         )
-        run_training(configs[p.run_dir], resume=None, show_progress=progress)
+        todo.append(configs[p.run_dir])
+    if opts is not None and opts.trainer == "single":
+        _train_single_process(todo, opts, progress)
+        return
+    from ganforge.cluster.launch import run_training
+
+    for cfg in todo:
+        run_training(cfg, resume=None, show_progress=progress)
+
+
+def _train_single_process(todo: list, opts: StudyOptions, progress: bool) -> None:
+    """`jobs` single-process runs at a time on `opts.device` (a GPU runs several small models
+    faster together than one by one: each alone leaves it idle between kernel launches)."""
+    from ganforge.cluster.single_process import train_single
+
+    if opts.jobs <= 1 or len(todo) <= 1:
+        for cfg in todo:
+            train_single(cfg, opts.device, progress)
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    spawn = multiprocessing.get_context("spawn")  # CUDA cannot be used in forked children
+    with ProcessPoolExecutor(min(opts.jobs, len(todo)), mp_context=spawn) as pool:
+        futures = {pool.submit(train_single, cfg, opts.device, False): cfg for cfg in todo}
+        for done in as_completed(futures):
+            print(f"trained {done.result()}")
 
 
 def _study_summary(opts: StudyOptions, plans: list[StudyPlan], configs: dict) -> dict:
@@ -230,5 +266,6 @@ def _study_summary(opts: StudyOptions, plans: list[StudyPlan], configs: dict) ->
         "num_workers": opts.num_workers,
         "seeds": list(opts.training_seeds),
         "overrides": dict(opts.overrides),
+        "trainer": opts.trainer,
         "variants": variants,
     }

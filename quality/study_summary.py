@@ -33,6 +33,8 @@ from ganforge.quality.study_stats import (
 FIGURES: list[tuple[str, str, bool | None]] = [
     ("fid", "FID", True),
     ("kid_mean", "KID", True),
+    ("inception_fid", "FID (Inception)", True),  # only when the study was given Inception weights
+    ("inception_kid_mean", "KID (Inception)", True),
     ("precision", "precision", False),
     ("recall", "recall", False),
     ("mean_class_accuracy", "class accuracy", False),
@@ -42,8 +44,20 @@ FIGURES: list[tuple[str, str, bool | None]] = [
     ("chroma_noise", "chroma noise", None),
     ("high_freq_share", "HF share", None),
 ]
-SAMPLE_SE = {"fid": "fid_se", "kid_mean": "kid_se"}
-SCALE = {"kid_mean": 1e3, "mean_intra_kid": 1e3}  # KIDs are printed x1000
+SAMPLE_SE = {
+    "fid": "fid_se",
+    "kid_mean": "kid_se",
+    "inception_fid": "inception_fid_se",
+    "inception_kid_mean": "inception_kid_se",
+}
+SCALE = {"kid_mean": 1e3, "mean_intra_kid": 1e3, "inception_kid_mean": 1e3}  # KIDs x1000
+# The distribution figures the quality claims (1 and 3) are judged on, with their labels.
+QUALITY = [
+    ("fid", "FID"),
+    ("kid_mean", "KID x1e3"),
+    ("inception_fid", "Inception FID"),
+    ("inception_kid_mean", "Inception KID x1e3"),
+]
 STATS = ("sharpness", "noise_sigma", "chroma_noise", "high_freq_share")
 CONDITIONAL_PAIRS = [("cdcgan", "dcgan"), ("cwgan-gp", "wgan-gp"), ("cstylegan2", "stylegan2")]
 WGAN_FAMILY, DCGAN_FAMILY = ("wgan", "wgan-gp", "cwgan-gp"), ("dcgan", "cdcgan")
@@ -118,7 +132,9 @@ def claims(est: dict[str, dict[str, Estimate]], real_stats: dict[str, float]) ->
     verdicts, lines = [], []
     for cond, uncond in CONDITIONAL_PAIRS:
         pair, pair_lines = [], []
-        for key, label in (("fid", "FID"), ("kid_mean", "KID x1e3")):
+        for key, label in QUALITY:
+            if key not in est:
+                continue
             v, ev = compare_groups(est.get(key, {}), [cond], [uncond], True, SCALE.get(key, 1.0))
             if ev != ["no pair of these variants was measured"]:
                 pair.append(v)
@@ -154,7 +170,7 @@ def claims(est: dict[str, dict[str, Estimate]], real_stats: dict[str, float]) ->
     )
     # (3) conditional WGAN gives the best images: cWGAN-GP alone best on FID and on KID.
     per, lines = [], []
-    for key in ("fid", "kid_mean"):
+    for key, _ in QUALITY:
         e, scale = est.get(key, {}), SCALE.get(key, 1.0)
         if "cwgan-gp" not in e:
             continue

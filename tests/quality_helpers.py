@@ -83,3 +83,56 @@ def train_tiny_classifier(shards: Path, out: Path) -> dict:
 
     recipe = ClassifierTraining(epochs=6, batch_size=32, lr=0.1, widths=(8, 16, 32))
     return train_classifier(shards, out, recipe, progress=False)
+
+
+class StandInInception:
+    """Stands in for torch-fidelity's `FeatureExtractorInceptionV3`, whose ImageNet weights
+    (about 100 MB) cannot be downloaded here: the same constructor (name, feature list, weights
+    file), weights read from that file with `weights_only=True`, and the same output (a tuple
+    holding [B, 2048] features of uint8 images), from a network small enough for a unit test."""
+
+    def __init__(self, name: str, features_list: list[str], feature_extractor_weights_path: str):
+        import torch
+
+        assert name == "inception-v3-compat" and features_list == ["2048"]
+        self.net = stand_in_network()
+        state = torch.load(feature_extractor_weights_path, map_location="cpu", weights_only=True)
+        self.net.load_state_dict(state)
+        self.net.eval()
+
+    def eval(self):
+        return self
+
+    def __call__(self, x):
+        assert x.dtype.is_floating_point is False, "torch-fidelity takes uint8 images"
+        return (self.net(x.float() / 127.5 - 1),)
+
+
+def stand_in_network():
+    from torch import nn
+
+    return nn.Sequential(
+        nn.Conv2d(3, 16, 3, stride=2, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(4),
+        nn.Flatten(),
+        nn.Linear(16 * 16, 2048),
+    )
+
+
+def install_stand_in_inception(monkeypatch, path: Path) -> Path:
+    """Write the stand-in's weights to `path` and make `torch_fidelity`'s extractor module
+    resolve to it (for this test only)."""
+    import sys
+    import types
+
+    import torch
+
+    torch.manual_seed(0)
+    torch.save(stand_in_network().state_dict(), path)
+    package = types.ModuleType("torch_fidelity")
+    module = types.ModuleType("torch_fidelity.feature_extractor_inceptionv3")
+    module.FeatureExtractorInceptionV3 = StandInInception
+    monkeypatch.setitem(sys.modules, "torch_fidelity", package)
+    monkeypatch.setitem(sys.modules, "torch_fidelity.feature_extractor_inceptionv3", module)
+    return path

@@ -41,6 +41,7 @@ def _command(shards: Path, run_dir: Path) -> list[str]:
     return cmd
 
 
+@pytest.mark.e2e  # minutes of CI; the node-loss scenarios are in the same tier
 def test_relaunch_after_driver_crash_resumes_and_finishes(tmp_path):
     shards = pack(tmp_path, shard_size=8)
     run_dir = tmp_path / "run"

@@ -207,13 +207,147 @@ def test_study_report_over_seeds_from_trained_runs(setup, tmp_path):
     assert again["study"]["summary"]["estimates"] == summary["estimates"]
 
 
+def test_study_adds_inception_fid_and_kid_beside_the_classifier(setup, tmp_path, monkeypatch):
+    """`--inception-weights` in the study: FID and KID on the Inception features too, from the
+    same fakes, with intervals and rankings; the classifier's figures are unchanged. The real
+    Inception weights cannot be downloaded here, so a small network of torch-fidelity's
+    interface stands in (quality_helpers.StandInInception); the figures are checked against
+    that network's own features."""
+    from ganforge.data.memory import load_real
+    from ganforge.models import load_model
+    from ganforge.quality import metrics as M
+    from ganforge.quality.evaluate import generate
+    from ganforge.quality.features import extract
+    from ganforge.quality.study import StudyOptions, plan, report_study, study_settings
+    from tests.quality_helpers import StandInInception, install_stand_in_inception
+
+    root, shards, _ = setup
+    weights = install_stand_in_inception(monkeypatch, tmp_path / "pt_inception.pth")
+    # One seed and two bootstrap replicates: a 2048-d FID takes seconds on CPU (the intervals
+    # over seeds are the same code as the classifier's, tested above).
+    opts = StudyOptions(steps=20, variants=("dcgan", "cdcgan"), seeds=(0,))
+    out = tmp_path / "study"
+    plans, configs = plan(out, str(shards), opts)
+    for p in plans:
+        make_run(p.run_dir, p.variant, [20], seed=p.seed)
+    common = {"num_samples": 40, "classifier": str(root / "clf.pt"), "fid_bootstrap": 2}
+    plain = report_study(shards, out, opts, plans, configs, study_settings(**common), False, None)
+    s = study_settings(**common, also_inception=str(weights))
+    body = report_study(shards, out, opts, plans, configs, s, False, None)
+    assert "pt_inception.pth" in body["second_extractor"] and plain["second_extractor"] is None
+    run, before = body["runs"][0], plain["runs"][0]
+    latest = run["latest"]
+    assert latest["fid"] == pytest.approx(before["latest"]["fid"])  # the classifier's: as before
+    # Against the stand-in's own features of the same real split and the same fakes.
+    net = StandInInception("inception-v3-compat", ["2048"], str(weights))
+    real = load_real(shards, "test").images
+    images, _ = generate(load_model(latest["checkpoint"]).generator, 40, s.seed)
+    fid = M.fid(extract(lambda x: net(x)[0], real), extract(lambda x: net(x)[0], images))
+    assert latest["inception_fid"] == pytest.approx(fid, rel=1e-6)
+    assert latest["inception_fid"] != pytest.approx(latest["fid"])
+    assert latest["inception_fid_se"] > 0 and latest["inception_kid_se"] > 0
+    summary = body["study"]["summary"]
+    e = summary["estimates"]["inception_fid"]["dcgan"]
+    assert e["n"] == 1 and e["lo"] < e["mean"] < e["hi"]  # the bootstrap's interval
+    assert "inception_kid_mean" in summary["rankings"]
+    assert "inception_fid" not in plain["study"]["summary"]["estimates"]
+    claim1 = next(c for c in summary["claims"] if c["claim"] == 1)
+    assert any(line.startswith("Inception FID:") for line in claim1["evidence"])
+    md = (out / "report" / "report.md").read_text()
+    assert "FID (Inception)" in md and "Second feature extractor" in md
+    assert "out of sample too" in body["study"]["reference_note"]
+    # Separate caches: with and without the second network, the run was evaluated twice.
+    assert len(list(out.glob("runs/dcgan/quality/eval-*.json"))) == 2
+
+
+def test_study_refuses_missing_inception_weights_before_training(tmp_path, monkeypatch):
+    import sys
+
+    from tests.quality_helpers import install_stand_in_inception
+
+    common = ["study", "--data", tmp_path, "--steps", 1, "--out", tmp_path / "s"]
+    monkeypatch.setitem(sys.modules, "torch_fidelity", None)  # not installed
+    res = invoke(*common, "--inception-weights", tmp_path / "none.pth")
+    assert res.exit_code == 2 and "pip install torch-fidelity" in res.output, res.output
+    install_stand_in_inception(monkeypatch, tmp_path / "w.pth")
+    res = invoke(*common, "--inception-weights", tmp_path / "none.pth")
+    assert res.exit_code == 2 and "Inception weights file not found" in res.output, res.output
+    assert not (tmp_path / "s" / "runs").exists()
+
+
+def test_study_with_the_single_process_trainer(setup, tmp_path):
+    """`--trainer single --jobs 2`: two runs trained side by side in their own processes (no Ray,
+    no DeepSpeed), checkpoints in the usual format, the report over them; a second call reuses."""
+    from ganforge.checkpoint import list_checkpoints, read_marker
+
+    root, shards, _ = setup
+    out = tmp_path / "study"
+    args = ["study", "--data", shards, "--out", out, "--trainer", "single", "--jobs", 2]
+    args += ["--variants", "cdcgan", "--variants", "wgan-gp", "--budget", "g-steps"]
+    args += ["--steps", 3, "--micro-batch", 8, "--set", "model.width=8", "--seeds", 1]
+    args += ["--num-samples", 30, "--classifier", root / "clf.pt", "--no-detect"]
+    res = invoke(*args)
+    assert res.exit_code == 0, res.output
+    body = json.loads((out / "report" / "metrics.json").read_text())
+    assert body["study"]["trainer"] == "single"
+    for run, n_critic in zip(body["runs"], (1, 5), strict=True):
+        assert run["latest"]["step"] == 3 and run["latest"]["images_seen"] == 3 * n_critic * 8
+        ckpts = list_checkpoints(out / "runs" / run["name"] / "checkpoints")
+        assert [s for s, _ in ckpts] == [3, 2, 1]
+        marker = read_marker(ckpts[0][1])
+        assert marker["trainer"] == "single-process" and marker["classes"] == body["classes"]
+        logged = (out / "runs" / run["name"] / "metrics.jsonl").read_text().splitlines()
+        assert json.loads(logged[-1])["step"] == 3
+    res = invoke(*args)
+    assert res.exit_code == 0 and "reusing" in res.output and "trained " not in res.output
+
+
+def test_the_single_process_trainer_needs_no_ray_or_deepspeed(setup, tmp_path):
+    """In a Python where `import ray` and `import deepspeed` fail (the GPU image has neither)."""
+    import subprocess
+    import sys
+
+    _, shards, _ = setup
+    code = f"""
+import sys
+sys.modules["ray"] = sys.modules["deepspeed"] = None  # importing either now fails
+from ganforge.cluster.single_process import train_single
+from ganforge.config import load_config, resolve_config_path
+cfg = load_config(resolve_config_path("cwgan-gp"), {{
+    "data.urls": {str(shards)!r}, "run_dir": {str(tmp_path / "run")!r}, "train.max_steps": 2,
+    "train.micro_batch": 8, "model.width": 8, "train.checkpoint_every": 2}})
+print(train_single(cfg))
+assert "ray" not in sys.modules or sys.modules["ray"] is None
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    from ganforge.models import load_model
+
+    model = load_model(tmp_path / "run")
+    assert model.meta["step"] == 2 and model.conditional and set(model.classes) == set(CLASSES)
+
+
+def test_the_single_process_trainer_refuses_a_distributed_run(setup, tmp_path):
+    """It cannot resume a Ray/DeepSpeed run (nor its own: it restarts those); nothing is lost."""
+    from ganforge.cluster.single_process import train_single
+    from ganforge.config import ConfigError
+
+    _, shards, _ = setup
+    run = make_run(tmp_path / "run", "dcgan", [1])
+    overrides = dict(TINY, **{"run_dir": str(run), "data.urls": str(shards)})
+    cfg = load_config(resolve_config_path("dcgan"), overrides | {"train.max_steps": 2})
+    with pytest.raises(ConfigError, match="distributed trainer"):
+        train_single(cfg)
+    assert (run / "checkpoints" / "checkpoint_000001").is_dir()
+
+
 @pytest.mark.parametrize("part", ["2/2", "1", "a/b", "-1/2"])
 def test_study_part_must_be_k_of_n(tmp_path, part):
     res = invoke("study", "--data", tmp_path, "--steps", 1, "--out", tmp_path, "--part", part)
     assert res.exit_code == 2 and "expected K/N with 0 <= K < N" in res.output, res.output
 
 
-@pytest.mark.slow
+@pytest.mark.e2e  # CI trains studies with the single-process trainer (above) for time
 def test_study_trains_then_reuses(setup, tmp_path):
     """Real Ray + DeepSpeed training of one tiny conditional variant, then the comparison."""
     try:
