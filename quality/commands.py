@@ -230,6 +230,12 @@ def study_cmd(
     jobs: int = typer.Option(
         1, "--jobs", min=1, help="Single-process runs trained at a time (they share --device)."
     ),
+    show_status: bool = typer.Option(
+        False,
+        "--status",
+        help="Only say how far the study got (steps of each run, the variants with every seed "
+        "finished) and write OUT/status.json; trains and evaluates nothing.",
+    ),
     part: str | None = typer.Option(
         None,
         "--part",
@@ -252,7 +258,13 @@ def study_cmd(
     from ganforge.quality.detect_sources import DetectError
     from ganforge.quality.evaluate import EvalError
     from ganforge.quality.features import ExtractorError, InceptionExtractor
-    from ganforge.quality.study import StudyOptions, run_study, study_settings, train_part
+    from ganforge.quality.study import (
+        StudyOptions,
+        run_study,
+        status,
+        study_settings,
+        train_part,
+    )
     from ganforge.quality.study_detect import DetectOptions
 
     s = study_settings(
@@ -281,6 +293,9 @@ def study_cmd(
             device=device,
             jobs=jobs,
         )
+        if show_status:
+            _print_status(status(out, str(data), opts), out)
+            return
         if part is not None:
             k, n = _parse_part(part)
             done = train_part(data, out, opts, k, n)
@@ -294,6 +309,26 @@ def study_cmd(
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
     _print_summary(body, out / "report", time.monotonic() - t0, "study")
+
+
+def _print_status(body: dict, out: Path) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"study {out}")
+    for col in ("variant", "seed", "run", "steps", "state"):
+        table.add_column(col, justify="right" if col in ("seed", "steps") else "left")
+    for r in body["runs"]:
+        state = "finished" if r["finished"] else ("not started" if not r["steps"] else "partial")
+        table.add_row(
+            r["variant"], str(r["seed"]), r["run"], f"{r['steps']}/{r['max_steps']}", state
+        )
+    console = Console()
+    console.print(table)
+    console.print(
+        f"every seed finished: {', '.join(body['complete_variants']) or 'none'}; "
+        f"to do: {', '.join(body['incomplete_variants']) or 'nothing'} ({out / 'status.json'})"
+    )
 
 
 def _parse_part(text: str) -> tuple[int, int]:

@@ -118,6 +118,37 @@ def plan(out: Path, data: str, opts: StudyOptions):
     return plans, configs
 
 
+def status(out: Path, data: str, opts: StudyOptions) -> dict[str, Any]:
+    """How far the study in OUT got: each planned run's steps against its target, and which
+    variants have every seed finished (only those can be reported). Written to
+    OUT/status.json too, so that a study left running records where it stood."""
+    import datetime as dt
+    import json
+
+    plans, _ = plan(out, data, opts)
+    runs = [
+        {
+            "variant": p.variant,
+            "seed": p.seed,
+            "run": p.run_dir.name,
+            "steps": p.done_steps,
+            "max_steps": p.max_steps,
+            "finished": p.finished,
+        }
+        for p in plans
+    ]
+    complete = [v for v in opts.variants if all(r["finished"] for r in runs if r["variant"] == v)]
+    body = {
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "runs": runs,
+        "complete_variants": complete,
+        "incomplete_variants": [v for v in opts.variants if v not in complete],
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "status.json").write_text(json.dumps(body, indent=1) + "\n")
+    return body
+
+
 def study_settings(seed: int = 0, **kw: Any):
     """The study's evaluation defaults: every checkpoint (the curves), the held-out `test` split
     as the real reference, 10,000 fakes, the FID's sampling error by bootstrap."""

@@ -341,6 +341,33 @@ def test_the_single_process_trainer_refuses_a_distributed_run(setup, tmp_path):
     assert (run / "checkpoints" / "checkpoint_000001").is_dir()
 
 
+def test_study_status_says_how_far_it_got(setup, tmp_path):
+    """`--status`: each run's steps, and only variants with every seed finished are complete."""
+    from ganforge.quality.study import StudyOptions, plan
+
+    _, shards, _ = setup
+    out = tmp_path / "study"
+    opts = StudyOptions(steps=20, variants=("dcgan", "cdcgan"), seeds=(0, 1))
+    runs = {p.run_dir.name: p for p in plan(out, str(shards), opts)[0]}
+    make_run(runs["dcgan"].run_dir, "dcgan", [10, 20])
+    make_run(runs["dcgan-seed1"].run_dir, "dcgan", [10, 20], seed=1)
+    make_run(runs["cdcgan"].run_dir, "cdcgan", [10])
+    args = ["study", "--data", shards, "--steps", 20, "--out", out, "--status", "--seeds", 2]
+    res = invoke(*args, "--variants", "dcgan", "--variants", "cdcgan")
+    assert res.exit_code == 0, res.output
+    body = json.loads((out / "status.json").read_text())
+    assert body["complete_variants"] == ["dcgan"] and body["incomplete_variants"] == ["cdcgan"]
+    steps = {r["run"]: (r["steps"], r["finished"]) for r in body["runs"]}
+    assert steps == {
+        "dcgan": (20, True),
+        "cdcgan": (10, False),
+        "dcgan-seed1": (20, True),
+        "cdcgan-seed1": (0, False),
+    }
+    assert "partial" in res.output and "not started" in res.output
+    assert not (out / "report").exists()  # nothing trained or evaluated
+
+
 @pytest.mark.parametrize("part", ["2/2", "1", "a/b", "-1/2"])
 def test_study_part_must_be_k_of_n(tmp_path, part):
     res = invoke("study", "--data", tmp_path, "--steps", 1, "--out", tmp_path, "--part", part)
