@@ -7,7 +7,7 @@ with the distributed path (`engines.GANEngines` + `loop.train`): the models, los
 regularisers on their lazy schedule, the optimisers (`build_optimizer`), the generator EMA, the
 noise stream (`NoiseSource`), the config and run folder (config.yaml, metrics.jsonl) and the
 checkpoint format (`write_weights_checkpoint`: markers and weights.pt, which evaluation and
-serving read). What it leaves out: several workers, DeepSpeed's fp16/ZeRO and gradient clipping
+serving read), `train.grad_clip`. What it leaves out: several workers, DeepSpeed's fp16 and ZeRO
 (fp32, or bf16 autocast on a GPU), resuming (an interrupted run of this trainer restarts from
 step 0), and the streaming loader: the split is read into memory once (`load_real`) and
 shuffled every epoch, with the loader's random horizontal flips.
@@ -118,6 +118,7 @@ def train_single(cfg: GanforgeConfig, device: str = "cpu", progress: bool = Fals
     bf16 = cfg.train.precision == "bf16" and dev.type == "cuda"
     cond = spec.conditional
     step_fn = _Step(g, d, ema, opt_g, opt_d, regs, spec.loss, noise, dev, cond, bf16)
+    step_fn.grad_clip = cfg.train.grad_clip
     n_critic, images_per_step = cfg.loss.n_critic, cfg.loss.n_critic * cfg.train.micro_batch
     every = cfg.train.checkpoint_every
     t_window, sums, count = time.perf_counter(), {"loss_d": 0.0, "loss_g": 0.0}, 0
@@ -167,7 +168,7 @@ class _Step:
     def __init__(self, g, d, ema, opt_g, opt_d, regs, loss, noise, device, conditional, bf16):
         self.g, self.d, self.ema, self.opt_g, self.opt_d = g, d, ema, opt_g, opt_d
         self.regs, self.loss, self.noise, self.device = regs, loss, noise, device
-        self.conditional, self.critic_steps = conditional, 0
+        self.conditional, self.critic_steps, self.grad_clip = conditional, 0, 0.0
         self.autocast = torch.autocast(device.type, torch.bfloat16, enabled=bf16)
 
     def critic(self, real: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -186,11 +187,16 @@ class _Step:
                     loss = loss + out.value
         self.opt_d.zero_grad(set_to_none=True)
         loss.backward()
+        self._clip(self.d)
         self.opt_d.step()
         for reg in self.regs:
             reg.after_step(self.d)
         self.critic_steps += 1
         return loss.detach()
+
+    def _clip(self, module: torch.nn.Module) -> None:
+        if self.grad_clip > 0:  # DeepSpeed's `gradient_clipping`: the global norm, per engine
+            torch.nn.utils.clip_grad_norm_(module.parameters(), self.grad_clip)
 
     def generator(self) -> torch.Tensor:
         z = self.noise.draw(self.device)
@@ -201,6 +207,7 @@ class _Step:
                 loss = self.loss.g_loss(self.d(self.g(z.z, y), y).float())
             self.opt_g.zero_grad(set_to_none=True)
             loss.backward()
+            self._clip(self.g)
             self.opt_g.step()
         finally:
             self.d.requires_grad_(True)
