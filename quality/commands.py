@@ -228,7 +228,11 @@ def study_cmd(
         "evaluation runs the generators and feature networks.",
     ),
     jobs: int = typer.Option(
-        1, "--jobs", min=1, help="Single-process runs trained at a time (they share --device)."
+        1,
+        "--jobs",
+        min=1,
+        help="Runs trained (single-process trainer) and evaluated at a time, each in its own "
+        "process (they share --device).",
     ),
     show_status: bool = typer.Option(
         False,

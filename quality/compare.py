@@ -8,7 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -43,13 +43,16 @@ def evaluate_runs(
     extra: dict[str, Any] | None = None,
     reuse: bool = False,
     finish: Callable[[dict[str, Any]], None] | None = None,
+    jobs: int = 1,
 ) -> dict[str, Any]:
     """Evaluate runs against `data` and write the report into `out`; returns metrics.json's body.
 
     `extra` is merged into metrics.json (the study records its budget there). With `reuse`, a
     run whose checkpoints were evaluated before with the same settings, features and reference
     is read from its cache (`RunDir.eval_cache`) instead (the study resumes so). `finish(body)`
-    runs before the report is written (the study adds its summary)."""
+    runs before the report is written (the study adds its summary). With `reuse` and `jobs` > 1,
+    the runs not in a cache are first evaluated in `jobs` processes at once (`_in_processes`),
+    each writing its cache, which the report then reads."""
     # Object-store runs are mirrored once, here; everything below reads the mirror.
     local = [mirror(r, s.checkpoint) for r in run_dirs]
     # Chosen before minutes of feature extraction, so a typo fails at once.
@@ -65,6 +68,12 @@ def evaluate_runs(
     # One bar over every checkpoint of every run: its ETA covers the whole evaluation.
     keys = [cache_key(ckpts, s, extractor.name, ref) if reuse else None for ckpts in chosen]
     cached = [_cached(m, k) for m, k in zip(local, keys, strict=True)]
+    todo = [
+        (m, c, k) for m, c, k, hit in zip(local, chosen, keys, cached, strict=True) if k and not hit
+    ]
+    if jobs > 1 and len(todo) > 1:
+        _in_processes(todo, s, ref, jobs, progress)
+        cached = [_cached(m, k) for m, k in zip(local, keys, strict=True)]
     total = sum(len(c) for c, hit in zip(chosen, cached, strict=True) if hit is None)
     with tqdm(total=total, desc="eval", unit="checkpoint", disable=not progress) as bar:
         runs = []
@@ -147,6 +156,52 @@ def _cached(run_dir: Path, key: str | None) -> dict[str, Any] | None:
     except (OSError, ValueError, KeyError, TypeError, CheckpointError):
         return None
     return run
+
+
+def _in_processes(todo: list, s: EvalSettings, ref, jobs: int, progress: bool) -> None:
+    """Evaluate the runs of `todo` ((run dir, checkpoints, cache key)) in `jobs` spawned
+    processes, each writing the run's cache. The real reference goes to each process once, as
+    computed here: the cache keys hash it, so a reference recomputed there (other threads,
+    another GPU stream) could differ in its last bits and miss every cache."""
+    import multiprocessing
+    import os
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    portable = replace(
+        ref, second=None if ref.second is None else replace(ref.second, extractor=None)
+    )
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    spawn = multiprocessing.get_context("spawn")  # CUDA cannot be used in forked children
+    with ProcessPoolExecutor(
+        min(jobs, len(todo)),
+        mp_context=spawn,
+        initializer=_worker_init,
+        initargs=(portable, threads),
+    ) as pool:
+        futures = [pool.submit(_worker_evaluate, m, ckpts, key, s) for m, ckpts, key in todo]
+        bar = tqdm(as_completed(futures), total=len(futures), desc="eval", unit="run")
+        for done in bar if progress else as_completed(futures):
+            done.result()
+
+
+_WORKER: dict[str, Any] = {}
+
+
+def _worker_init(ref, threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+    _WORKER["ref"] = ref
+
+
+def _worker_evaluate(run_dir: Path, ckpts, key: str, s: EvalSettings) -> str:
+    ref = _WORKER["ref"]
+    extractor = build_extractor(s.inception_weights, s.classifier)
+    if ref.second is not None:
+        ref.second.extractor = InceptionExtractor(s.also_inception)
+    judge = judge_for(ref.data.classes, s, extractor)
+    _store(run_dir, key, evaluate_run(run_dir, ckpts, ref, extractor, judge, s))
+    return str(run_dir)
 
 
 def _store(run_dir: Path, key: str, run: dict[str, Any]) -> None:

@@ -54,7 +54,8 @@ class StudyOptions:
     # config key -> value applied to every variant alike, e.g. {"model.width": 32}
     overrides: Mapping[str, Any] = field(default_factory=dict)
     # "ray": Ray Train + DeepSpeed (`ganforge train`); "single": one process per run on `device`
-    # without them (`cluster.single_process`), `jobs` runs at a time (they share the device)
+    # without them (`cluster.single_process`), `jobs` runs at a time (they share the device).
+    # `jobs` > 1 also evaluates that many runs at a time (in processes, each writing its cache).
     trainer: str = "ray"
     device: str = "cpu"
     jobs: int = 1
@@ -235,7 +236,15 @@ def report_study(data, out: Path, opts, plans, configs, eval_settings, progress,
 
     runs = [p.run_dir for p in plans]
     return evaluate_runs(
-        runs, data, out / "report", settings, progress, {"study": study}, reuse=True, finish=finish
+        runs,
+        data,
+        out / "report",
+        settings,
+        progress,
+        {"study": study},
+        reuse=True,
+        finish=finish,
+        jobs=opts.jobs,
     )
 
 

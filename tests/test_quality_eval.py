@@ -298,8 +298,23 @@ def test_study_with_the_single_process_trainer(setup, tmp_path):
         assert marker["trainer"] == "single-process" and marker["classes"] == body["classes"]
         logged = (out / "runs" / run["name"] / "metrics.jsonl").read_text().splitlines()
         assert json.loads(logged[-1])["step"] == 3
+    # Evaluated two runs at a time too (processes writing the caches): the figures are those of
+    # an evaluation in this process.
+    from ganforge.quality.compare import evaluate_runs
+    from ganforge.quality.study import study_settings
+
+    s = study_settings(num_samples=30, classifier=str(root / "clf.pt"))
+    again = evaluate_runs(
+        [out / "runs" / r["name"] for r in body["runs"]], shards, tmp_path, s, False
+    )
+    for a, b in zip(body["runs"], again["runs"], strict=True):
+        assert a["latest"]["fid"] == pytest.approx(b["latest"]["fid"], rel=1e-4)
+        assert a["latest"]["kid_mean"] == pytest.approx(b["latest"]["kid_mean"], rel=1e-3, abs=1e-6)
+    caches = sorted(out.glob("runs/*/quality/eval-*.json"))
+    stamps = [c.stat().st_mtime_ns for c in caches]
     res = invoke(*args)
     assert res.exit_code == 0 and "reusing" in res.output and "trained " not in res.output
+    assert len(caches) == 2 and [c.stat().st_mtime_ns for c in caches] == stamps
 
 
 def test_the_single_process_trainer_needs_no_ray_or_deepspeed(setup, tmp_path):
