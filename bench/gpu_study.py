@@ -129,9 +129,15 @@ def main(argv: list[str] | None = None) -> int:
     record: dict = {
         "benchmark": "gpu_study",
         "command": " ".join(["python -m bench.gpu_study", *argv]),
+        "ok": None,  # None: the call did not get to its end (killed at a time limit)
     }
     stages: dict[str, float] = {}
     t_all = time.perf_counter()
+
+    def save() -> None:  # after every stage: a call killed at its time limit keeps what ran
+        record["stages"] = stages | {"total_s": round(time.perf_counter() - t_all, 1)}
+        (a.out / "gpu-study.json").write_text(json.dumps(record, indent=1) + "\n")
+
     try:
         record["bootstrap"] = bootstrap(a.wheels, site)
         import torch
@@ -140,16 +146,17 @@ def main(argv: list[str] | None = None) -> int:
         if device == "cuda" and not torch.cuda.is_available():
             raise BootstrapError("no CUDA device (use --cpu-smoke to test the call on CPU)")
         record |= environment(device, a)
+        save()
         data = a.data
         if data is None:
             t0 = time.perf_counter()
             data = site / "data"
             limit = ["--limit-per-class", "train=30,test=10"] if a.cpu_smoke else []
             workers = str(min(16, os.cpu_count() or 1))
-            ganforge(
-                ["data", "pack", str(a.archive), str(data), "--workers", workers, "-q", *limit]
-            )
+            pack = ["data", "pack", str(a.archive), str(data), "--workers", workers, "-q"]
+            ganforge([*pack, *limit])
             stages["pack_s"] = round(time.perf_counter() - t0, 1)
+            save()
         t0 = time.perf_counter()
         ganforge(study_args(a, data, work, device))
         stages["study_s"] = round(time.perf_counter() - t0, 1)
@@ -159,9 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         record["ok"], record["error"] = False, str(e)
         print(f"error: {e}", file=sys.stderr)
     finally:
-        stages["total_s"] = round(time.perf_counter() - t_all, 1)
-        record["stages"] = stages
-        (a.out / "gpu-study.json").write_text(json.dumps(record, indent=1) + "\n")
+        save()
         if a.work is None:
             shutil.rmtree(site, ignore_errors=True)
     print(json.dumps(record, indent=1))
