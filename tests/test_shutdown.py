@@ -271,7 +271,7 @@ def test_serve_drains_in_flight_requests_on_sigterm_and_leaves_no_process(tmp_pa
     assert not left, "left running:\n" + "\n".join(left)
 
 
-@pytest.mark.slow
+@pytest.mark.e2e  # CI keeps the drain on one SIGTERM (above); this second path in the e2e tier
 def test_serve_ctrl_c_twice_stops_without_draining_and_leaves_no_process(tmp_path):
     cmd, _ = _start_serve(tmp_path)
     try:

@@ -111,10 +111,17 @@ def test_errors_are_raised_before_workers_start(shards, tmp_path):
         run_training(tiny_config("dcgan", tmp_path / "nowhere", tmp_path / "r"))
 
 
-def test_run_dir_of_another_config_is_refused(shards, tmp_path, ray_cluster):
-    run_training(
-        tiny_config("dcgan", shards, tmp_path / "r", **{"train.max_steps": 1}), show_progress=False
-    )
+def test_run_dir_of_another_config_is_refused(shards, tmp_path):
+    """Refused before any worker starts. The run folder stands in for a trained one: its
+    config.yaml as a launch writes it (`prepare_run`) and a checkpoint of that config."""
+    from ganforge.checkpoint import write_weights_checkpoint
+    from ganforge.cluster.launch import prepare_run
+    from ganforge.models import build_discriminator, build_generator
+
+    first = prepare_run(tiny_config("dcgan", shards, tmp_path / "r", **{"train.max_steps": 1}))
+    cfg = first.config
+    g, d = build_generator(cfg.model), build_discriminator(cfg.model)
+    write_weights_checkpoint(first.run.checkpoint(1).path, cfg, g, g, d, 1, 8, first.classes)
     with pytest.raises(ConfigError, match="different config.*model.variant"):
         run_training(tiny_config("wgan-gp", shards, tmp_path / "r"))
     with pytest.raises(ConfigError, match="--resume"):
