@@ -179,9 +179,9 @@ def _in_processes(todo: list, s: EvalSettings, ref, jobs: int, progress: bool) -
         initargs=(portable, threads),
     ) as pool:
         futures = [pool.submit(_worker_evaluate, m, ckpts, key, s) for m, ckpts, key in todo]
-        bar = tqdm(as_completed(futures), total=len(futures), desc="eval", unit="run")
-        for done in bar if progress else as_completed(futures):
-            done.result()
+        done = as_completed(futures)
+        for run in tqdm(done, total=len(futures), desc="eval", unit="run", disable=not progress):
+            run.result()
 
 
 _WORKER: dict[str, Any] = {}
