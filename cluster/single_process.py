@@ -117,8 +117,8 @@ def train_single(cfg: GanforgeConfig, device: str = "cpu", progress: bool = Fals
     )
     bf16 = cfg.train.precision == "bf16" and dev.type == "cuda"
     cond = spec.conditional
-    step_fn = _Step(g, d, ema, opt_g, opt_d, regs, spec.loss, noise, dev, cond, bf16)
-    step_fn.grad_clip = cfg.train.grad_clip
+    clip = cfg.train.grad_clip
+    step_fn = _Step(g, d, ema, opt_g, opt_d, regs, spec.loss, noise, dev, cond, bf16, clip)
     n_critic, images_per_step = cfg.loss.n_critic, cfg.loss.n_critic * cfg.train.micro_batch
     every = cfg.train.checkpoint_every
     t_window, sums, count = time.perf_counter(), {"loss_d": 0.0, "loss_g": 0.0}, 0
@@ -165,10 +165,12 @@ def train_single(cfg: GanforgeConfig, device: str = "cpu", progress: bool = Fals
 class _Step:
     """One critic step and one generator step, as `GANEngines` takes them, on plain modules."""
 
-    def __init__(self, g, d, ema, opt_g, opt_d, regs, loss, noise, device, conditional, bf16):
+    def __init__(
+        self, g, d, ema, opt_g, opt_d, regs, loss, noise, device, conditional, bf16, grad_clip
+    ):
         self.g, self.d, self.ema, self.opt_g, self.opt_d = g, d, ema, opt_g, opt_d
         self.regs, self.loss, self.noise, self.device = regs, loss, noise, device
-        self.conditional, self.critic_steps, self.grad_clip = conditional, 0, 0.0
+        self.conditional, self.critic_steps, self.grad_clip = conditional, 0, grad_clip
         self.autocast = torch.autocast(device.type, torch.bfloat16, enabled=bf16)
 
     def critic(self, real: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

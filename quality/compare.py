@@ -196,10 +196,12 @@ def _worker_init(ref, threads: int) -> None:
 
 def _worker_evaluate(run_dir: Path, ckpts, key: str, s: EvalSettings) -> str:
     ref = _WORKER["ref"]
-    extractor = build_extractor(s.inception_weights, s.classifier)
-    if ref.second is not None:
-        ref.second.extractor = InceptionExtractor(s.also_inception)
-    judge = judge_for(ref.data.classes, s, extractor)
+    if "extractor" not in _WORKER:  # the networks once per process, not once per run
+        _WORKER["extractor"] = build_extractor(s.inception_weights, s.classifier)
+        _WORKER["judge"] = judge_for(ref.data.classes, s, _WORKER["extractor"])
+        if ref.second is not None:
+            ref.second.extractor = InceptionExtractor(s.also_inception)
+    extractor, judge = _WORKER["extractor"], _WORKER["judge"]
     _store(run_dir, key, evaluate_run(run_dir, ckpts, ref, extractor, judge, s))
     return str(run_dir)
 
