@@ -68,6 +68,7 @@ def parser() -> argparse.ArgumentParser:
 
 def bootstrap(wheels: Path, site: Path) -> dict[str, str]:
     """Wheels for what is missing, then the staged package; returns what was done."""
+    import importlib.metadata
     import importlib.util
 
     done = {"third_party": "present"}
@@ -75,7 +76,11 @@ def bootstrap(wheels: Path, site: Path) -> dict[str, str]:
     if missing:
         install_wheels(wheels, site / "wheels")
         done["third_party"] = f"installed {', '.join(missing)} from {wheels}"
-    if importlib.util.find_spec("ganforge") is None:
+    # The checkout's `ganforge/` folder on the working directory's path is not the package (its
+    # parts live in other top-level folders): only an installed distribution counts.
+    try:
+        importlib.metadata.version("ganforge")
+    except importlib.metadata.PackageNotFoundError:
         stage_package(site / "package")
         done["ganforge"] = "staged from the checkout"
     else:

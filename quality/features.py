@@ -53,8 +53,11 @@ class ClassifierExtractor(nn.Module):
     def probs_from_features(self, feats: torch.Tensor) -> torch.Tensor:
         """What `probs` gives, from this network's own features [N, D] (no second pass); float64
         like `extract`'s output."""
-        logits = self.model.head(feats.float()) * LOGIT_SCALE
-        return logits.softmax(-1).double()
+        # The head runs where the network was moved (`extract(device=...)`); features are CPU.
+        head = self.model.head
+        device = next(head.parameters()).device
+        logits = head(feats.to(device, torch.float32)) * LOGIT_SCALE
+        return logits.softmax(-1).double().cpu()
 
 
 class InceptionExtractor(nn.Module):

@@ -229,3 +229,19 @@ def test_classifier_augmentation_crops_and_flips_each_image_on_its_own():
         found.append(hits[0])
     assert len({(dy, dx) for dy, dx, _ in found}) > 4, "crop offsets should vary per image"
     assert 0 < sum(f for *_, f in found) < len(x), "flips should vary per image"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (none here)")
+def test_probs_from_cpu_features_after_the_network_moved_to_the_gpu(tiny):
+    # The study's evaluation with --device cuda moves the network, then asks the judge for
+    # probabilities of CPU features (the first H200 run of bench/gpu_study stopped here).
+    from ganforge.data.memory import load_real
+    from ganforge.quality.features import build_classifier_extractor, extract
+
+    shards, clf, _ = tiny
+    ext = build_classifier_extractor(clf)
+    test = load_real(shards, "test")
+    cpu_probs = extract(ext.probs, test.images)
+    feats = extract(ext, test.images, device="cuda")
+    probs = ext.probs_from_features(feats)
+    assert probs.device.type == "cpu" and torch.allclose(probs, cpu_probs, atol=1e-4)
