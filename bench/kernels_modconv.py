@@ -4,9 +4,9 @@ stride-2 up convs, the 1x1 toRGB without demodulation), forward and forward+back
 
 Three implementations per layer:
 - "triton": `ganforge.kernels.modulated_conv2d(backend="triton")`, no per-sample weight;
-- "torch": the reference, per-sample weight + one grouped conv (StyleGAN2's `fused_modconv`);
-- "torch_unfused": x * styles, one shared-weight conv, * d (StyleGAN2-ADA's training path: no
-  per-sample weight either, but three passes over the activations). Benchmark-only baseline.
+- "torch": `backend="torch"`, x * styles, one shared-weight conv, * d (StyleGAN2-ADA's training
+  path, `fused_modconv=False`: no per-sample weight either, but extra passes over activations);
+- "torch_fused": the reference, per-sample weight + one grouped conv (`fused_modconv=True`).
 """
 
 from __future__ import annotations
@@ -14,9 +14,8 @@ from __future__ import annotations
 import json
 
 import torch
-import torch.nn.functional as F
 
-IMPLEMENTATIONS = ("torch", "torch_unfused", "triton")
+IMPLEMENTATIONS = ("torch", "torch_fused", "triton")
 
 
 def stylegan2_layers(resolution: int, channels: int = 512) -> list[dict]:
@@ -34,23 +33,9 @@ def stylegan2_layers(resolution: int, channels: int = 512) -> list[dict]:
     return layers
 
 
-def modconv_unfused(x, weight, styles, demodulate=True, up=1, eps=1e-8):
-    """StyleGAN2-ADA's non-fused path (modulated_conv2d with fused_modconv=False)."""
-    k = weight.shape[2]
-    x = x * styles[:, :, None, None]
-    if up == 1:
-        y = F.conv2d(x, weight, padding=k // 2)
-    else:
-        p = k // 2  # output_padding 2 + 2p - K: exactly 2*H (the op's contract, odd K)
-        y = F.conv_transpose2d(x, weight.transpose(0, 1), None, 2, p, 2 + 2 * p - k)
-    if demodulate:
-        d = torch.rsqrt(styles.square() @ weight.square().sum(dim=(2, 3)).t() + eps)
-        y = y * d[:, :, None, None].to(y.dtype)
-    return y
-
-
 def _fns(layer: dict, batch: int, dtype: torch.dtype, impl: str, device: str):
     from ganforge.kernels import modulated_conv2d
+    from ganforge.kernels.modulated_conv import modulated_conv2d_ref
 
     x = torch.randn(batch, layer["c_in"], layer["hw"], layer["hw"], device=device, dtype=dtype)
     w = torch.randn(layer["c_out"], layer["c_in"], layer["k"], layer["k"], device=device)
@@ -60,8 +45,8 @@ def _fns(layer: dict, batch: int, dtype: torch.dtype, impl: str, device: str):
     conf = dict(demodulate=layer["demod"], up=layer["up"])
 
     def run():
-        if impl == "torch_unfused":
-            return modconv_unfused(*leaves, **conf)
+        if impl == "torch_fused":
+            return modulated_conv2d_ref(*leaves, **conf)
         return modulated_conv2d(*leaves, **conf, backend=impl)
 
     y = run()

@@ -8,7 +8,7 @@ import torch
 
 from ganforge.kernels import autotune
 from ganforge.kernels import reference as ref
-from ganforge.kernels.modulated_conv import modulated_conv2d_ref
+from ganforge.kernels.modulated_conv import modulated_conv2d_torch
 from ganforge.kernels.utils import check_triton_device
 
 BACKENDS = ("auto", "torch", "triton")
@@ -104,7 +104,7 @@ def modulated_conv2d(
     conf = {"demodulate": demodulate, "up": up, "padding": padding, "eps": eps}
 
     def run_torch(x, weight, styles):
-        return modulated_conv2d_ref(x, weight, styles, **conf)
+        return modulated_conv2d_torch(x, weight, styles, **conf)
 
     def run_triton(x, weight, styles):
         from ganforge.kernels.modulated_conv_triton import modulated_conv2d_triton

@@ -14,7 +14,11 @@ import torch
 import torch.nn.functional as F
 
 from ganforge.kernels import autotune, modulated_conv2d
-from ganforge.kernels.modulated_conv import demodulation, modulated_conv2d_ref
+from ganforge.kernels.modulated_conv import (
+    demodulation,
+    modulated_conv2d_ref,
+    modulated_conv2d_torch,
+)
 from ganforge.kernels.modulated_conv_triton import modulated_conv2d_triton
 from tests.kernel_helpers import DEVICE, FP32_TOL, exact_fp32_reference, tolerances  # noqa: F401
 
@@ -112,13 +116,41 @@ def test_demodulation_identity():
     torch.testing.assert_close(demodulation(weight, styles).double(), direct, rtol=1e-6, atol=0)
 
 
-def test_reference_gradcheck():
+@pytest.mark.parametrize("case", CASES)
+def test_torch_backend_matches_reference(case):
+    """`backend="torch"` modulates the activations instead of the weight: the same function as
+    the grouped-conv reference, value and all three gradients, at fp64 precision."""
+    inputs = [t.double() for t in _inputs(case, device="cpu")]
+    ours = _forward_backward(modulated_conv2d_torch, inputs, _conf(case))
+    want = _forward_backward(modulated_conv2d_ref, inputs, _conf(case))
+    for name, got, exp in zip(
+        ["y", "grad_x", "grad_weight", "grad_styles"], ours, want, strict=True
+    ):
+        torch.testing.assert_close(
+            got, exp, atol=1e-12, rtol=1e-10, msg=lambda m, n=name: f"{n}: {m}"
+        )
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_torch_backend_keeps_low_precision_dtype(dtype):
+    """fp16/bf16 in, the same dtype out (d is computed in fp32 and cast), close to fp32."""
+    case = (2, 5, 7, 5, 6, 3, 2, None, True)
+    x, weight, styles = _inputs(case, device="cpu")
+    got = modulated_conv2d_torch(x.to(dtype), weight.to(dtype), styles.to(dtype), up=2)
+    assert got.dtype == dtype
+    torch.testing.assert_close(
+        got.float(), modulated_conv2d_ref(x, weight, styles, up=2), atol=5e-2, rtol=5e-2
+    )
+
+
+@pytest.mark.parametrize("fn", [modulated_conv2d_ref, modulated_conv2d_torch])
+def test_torch_paths_gradcheck(fn):
     """The torch backend is the one used where a double backward is needed (path-length
     regulariser): its first and second derivatives are autograd's, checked numerically."""
     inputs = [t.double().requires_grad_(True) for t in _inputs((1, 2, 2, 3, 3, 3, 2, None, True))]
-    fn = lambda x, w, s: modulated_conv2d_ref(x, w, s, True, 2)  # noqa: E731
-    assert torch.autograd.gradcheck(fn, inputs)
-    assert torch.autograd.gradgradcheck(fn, inputs)
+    op = lambda x, w, s: fn(x, w, s, True, 2)  # noqa: E731
+    assert torch.autograd.gradcheck(op, inputs)
+    assert torch.autograd.gradgradcheck(op, inputs)
 
 
 def test_non_contiguous_input():
@@ -161,15 +193,17 @@ def test_rejects_bad_arguments():
 
 @pytest.mark.parametrize("up", [1, 2])
 def test_dispatch_backends_agree(up):
-    """The public op: `torch` is the reference; `triton` the kernel; `auto` on CPU (not
-    measuring) is the reference exactly."""
+    """The public op: `torch` is the activation-scaling path; `triton` the kernel; both agree
+    with the reference; `auto` on CPU (not measuring) is the torch path exactly."""
     x, weight, styles = _inputs((2, 3, 4, 3, 3, 3, up, None, True))
     want = modulated_conv2d_ref(x, weight, styles, up=up)
-    assert torch.equal(modulated_conv2d(x, weight, styles, up=up, backend="torch"), want)
+    torch_path = modulated_conv2d_torch(x, weight, styles, up=up)
+    assert torch.equal(modulated_conv2d(x, weight, styles, up=up, backend="torch"), torch_path)
+    torch.testing.assert_close(torch_path, want, **FP32_TOL)
     got = modulated_conv2d(x, weight, styles, up=up, backend="triton")
     torch.testing.assert_close(got, want, **FP32_TOL)
     if DEVICE == "cpu":
-        assert torch.equal(modulated_conv2d(x, weight, styles, up=up), want)
+        assert torch.equal(modulated_conv2d(x, weight, styles, up=up), torch_path)
 
 
 def test_auto_measures_and_agrees():
