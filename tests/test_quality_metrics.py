@@ -174,6 +174,23 @@ def test_tiny_classifier_and_extractor_on_real_images(tiny):
     assert M.precision_recall(f_train, f_test)[0] > M.precision_recall(f_train, f_shift)[0]
 
 
+def test_extractor_layout_does_not_change_the_features(tiny):
+    """The extractor runs its network in NHWC (faster on CPU): the features are the plain
+    NCHW network's, up to rounding."""
+    from ganforge.data.memory import load_real
+    from ganforge.quality.classifier import load_classifier
+    from ganforge.quality.features import build_classifier_extractor
+
+    shards, clf, _ = tiny
+    images = load_real(shards, "test").images
+    plain = load_classifier(clf).eval()
+    assert plain.stem[0].weight.is_contiguous()
+    with torch.no_grad():
+        want = plain.features(images)
+        got = build_classifier_extractor(clf)(images)
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+
+
 def test_load_real_limit_and_errors(tiny, tmp_path):
     from ganforge.data import DataError
     from ganforge.data.memory import load_real
