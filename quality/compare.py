@@ -66,7 +66,8 @@ def evaluate_runs(
     judge = judge_for(classes, s, extractor)
     ref = build_reference(data, s, extractor, judge, progress, second)
     # One bar over every checkpoint of every run: its ETA covers the whole evaluation.
-    keys = [cache_key(ckpts, s, extractor.name, ref) if reuse else None for ckpts in chosen]
+    ident = reference_identity(ref, s) if reuse else None
+    keys = [cache_key(ckpts, s, extractor.name, ident) if reuse else None for ckpts in chosen]
     cached = [_cached(m, k) for m, k in zip(local, keys, strict=True)]
     todo = [
         (m, c, k) for m, c, k, hit in zip(local, chosen, keys, cached, strict=True) if k and not hit
@@ -123,11 +124,32 @@ def evaluate_runs(
 LATER_SETTINGS = ("also_inception", "device")
 
 
-def cache_key(ckpts: list[tuple[int, Path]], s: EvalSettings, extractor: str, ref) -> str:
+def reference_identity(ref, s: EvalSettings) -> dict[str, Any]:
+    """The real reference by what makes it: its images and labels (bytes), how they are stored,
+    and the feature networks' weight files. Not by its features, whose last bits change with
+    the machine, the thread count and the kernels: a key from them missed every cache of a
+    study folder moved to another machine, and the study is meant to resume there."""
+    from ganforge.quality.features import DEFAULT_CLASSIFIER
+
+    def digest(t) -> str:
+        return hashlib.sha256(t.contiguous().numpy().tobytes()).hexdigest()
+
+    weights = s.inception_weights or s.classifier or DEFAULT_CLASSIFIER
+    ident = {
+        "images": [len(ref.data.images), digest(ref.data.images), digest(ref.data.labels)],
+        "encoding": ref.encoding,
+        "weights": sha256_file(Path(weights)),
+    }
+    if ref.second is not None:
+        ident["second"] = [ref.second.name, sha256_file(Path(s.also_inception))]
+    return ident
+
+
+def cache_key(ckpts: list[tuple[int, Path]], s: EvalSettings, extractor: str, ident) -> str:
     """What decides a run's numbers: the settings (but the grid's class and width), the feature
-    network(s), the real reference, and each checkpoint's marker (its files' hashes). Settings
-    added after caches were written (`LATER_SETTINGS`) count only when set, so those caches
-    still match."""
+    network(s), the real reference (`reference_identity`), and each checkpoint's marker (its
+    files' hashes). Settings added after caches were written (`LATER_SETTINGS`) count only when
+    set, so those caches still match."""
     settings = {
         k: v
         for k, v in asdict(s).items()
@@ -136,11 +158,9 @@ def cache_key(ckpts: list[tuple[int, Path]], s: EvalSettings, extractor: str, re
     body = {
         "settings": settings,
         "extractor": extractor,
-        "real": [len(ref.data.images), float(ref.features.sum()), ref.encoding],
+        "real": ident,
         "checkpoints": [[step, sha256_file(CheckpointDir(p).marker)] for step, p in ckpts],
     }
-    if ref.second is not None:
-        body["second"] = [ref.second.name, float(ref.second.features.sum())]
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -161,8 +181,8 @@ def _cached(run_dir: Path, key: str | None) -> dict[str, Any] | None:
 def _in_processes(todo: list, s: EvalSettings, ref, jobs: int, progress: bool) -> None:
     """Evaluate the runs of `todo` ((run dir, checkpoints, cache key)) in `jobs` spawned
     processes, each writing the run's cache. The real reference goes to each process once, as
-    computed here: the cache keys hash it, so a reference recomputed there (other threads,
-    another GPU stream) could differ in its last bits and miss every cache."""
+    computed here: every run is then scored against the very same features (and the real
+    set is not read and featurised once per process)."""
     import multiprocessing
     import os
     from concurrent.futures import ProcessPoolExecutor, as_completed

@@ -437,3 +437,34 @@ def test_study_trains_then_reuses(setup, tmp_path):
         assert "training" not in res.output.split("reusing")[0]
     finally:
         ray.shutdown()
+
+
+def test_cache_key_follows_the_reference_inputs_not_its_feature_bits(tmp_path):
+    """A study folder moved to another machine keeps its evaluation caches: the key names the
+    real images, labels and feature weights, so features that differ in their last bits (other
+    threads, kernels, CPU) give the same key, while other images or other weights do not."""
+    from ganforge.data.memory import RealImages
+    from ganforge.quality.compare import cache_key, reference_identity
+    from ganforge.quality.evaluate import EvalSettings, RealReference
+
+    weights = tmp_path / "clf.pt"
+    weights.write_bytes(b"weights v1")
+    s = EvalSettings(classifier=str(weights))
+    gen = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (6, 3, 4, 4), dtype=torch.uint8, generator=gen)
+    labels = torch.arange(6) % 2
+
+    def key(images=images, labels=labels, features=None) -> str:
+        data = RealImages(images, labels, ["a", "b"], 4, 3)
+        feats = torch.ones(6, 5, dtype=torch.float64) if features is None else features
+        ref = RealReference(data, feats, None, {})
+        return cache_key([], s, "net", reference_identity(ref, s))
+
+    base = key()
+    assert key(features=torch.ones(6, 5, dtype=torch.float64) + 1e-12) == base
+    other = images.clone()
+    other[0, 0, 0, 0] ^= 1
+    assert key(images=other) != base
+    assert key(labels=1 - labels) != base
+    weights.write_bytes(b"weights v2")
+    assert key() != base
